@@ -1,0 +1,2 @@
+"""Code shared by the rollout and verify steps: the contract, the control-plane client, the report,
+and everything the runner sees."""

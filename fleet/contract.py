@@ -1,0 +1,141 @@
+"""The contract's data rules: slugs, strict JSON, and schema enforcement with clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+
+import schemas
+
+# A DNS label, matched with fullmatch: '$' under re.match would accept a trailing newline.
+SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+SHOW_LIMIT = 80
+
+
+class ContractError(ValueError):
+    """Input that breaks the contract. The message is one line and safe to print."""
+
+
+def show(value: Any, limit: int = SHOW_LIMIT) -> str:
+    """A value as a short, escaped, single-line literal for error messages."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    # repr() already escapes control characters; json.dumps too, except inside repr fallbacks.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def is_slug(value: Any) -> bool:
+    return isinstance(value, str) and SLUG.fullmatch(value) is not None
+
+
+def check_slug(value: Any, what: str) -> str:
+    if not is_slug(value):
+        raise ContractError(f"{what}: invalid slug {show(value)} (must be a DNS label: a-z, 0-9, '-')")
+    return value
+
+
+def parse_slug_list(text: str, what: str) -> list[str]:
+    """Slugs separated by commas, newlines or spaces; each checked, duplicates refused."""
+    items = [s for s in re.split(r"[,\s]+", text.strip()) if s]
+    seen: set[str] = set()
+    for item in items:
+        check_slug(item, what)
+        if item in seen:
+            raise ContractError(f"{what}: slug {show(item)} is named twice")
+        seen.add(item)
+    return items
+
+
+def unique_slugs(slugs: Iterable[str], what: str) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for slug in slugs:
+        if slug in seen:
+            raise ContractError(f"{what}: duplicate slug {show(slug)}")
+        seen.add(slug)
+        out.append(slug)
+    return out
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    doc: dict = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ContractError(f"duplicate key {show(key)}")
+        doc[key] = value
+    return doc
+
+
+def _no_constants(name: str) -> Any:
+    raise ContractError(f"non-standard JSON constant {name}")
+
+
+def parse_json(body: bytes | str, what: str) -> Any:
+    """Strict JSON: no NaN/Infinity, no duplicate keys. Errors name `what` and the cause."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError:
+        raise ContractError(f"{what}: body is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except ContractError as exc:
+        raise ContractError(f"{what}: {exc}") from None
+    except ValueError:
+        raise ContractError(f"{what}: body is not JSON: {show(text.strip(), 60)}") from None
+
+
+@cache
+def _registry() -> Registry:
+    resources = [(n + ".schema.json", Resource.from_contents(schemas.load(n))) for n in schemas.NAMES]
+    return Registry().with_resources(resources)
+
+
+@cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = schemas.load(name)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, registry=_registry())
+
+
+def _where(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _reason(error: jsonschema.ValidationError) -> str:
+    if error.schema.get("title") == "slug" if isinstance(error.schema, dict) else False:
+        return "is not a valid slug (must be a DNS label: a-z, 0-9, '-')"
+    if error.validator == "required":
+        missing = error.message.split(" is a required property")[0]
+        return f"is missing required field {missing}"
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}"
+    if error.validator == "additionalProperties":
+        return "has a field that is not allowed"
+    return f"fails {error.validator} {show(error.validator_value, 40)}"
+
+
+def validate(name: str, document: Any, what: str) -> Any:
+    """Enforce `schemas/<name>.schema.json`; the error names the field and the offending value."""
+    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(document))
+    if error is None:
+        return document
+    field = _where(error.absolute_path)
+    value = "" if error.validator == "required" else f": {show(error.instance)}"
+    raise ContractError(f"{what}: {field} {_reason(error)}{value}")
+
+
+def fleet_slugs(listing: Any) -> list[str]:
+    """The slugs of a fleet listing, validated (schema, then uniqueness) before anything is used."""
+    validate("fleet-listing", listing, "control plane fleet listing rejected")
+    return unique_slugs((t["slug"] for t in listing["tenants"]), "control plane fleet listing rejected")

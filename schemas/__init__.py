@@ -1,0 +1,17 @@
+"""The contract's JSON Schemas (2020-12), loaded by name and resolved against each other."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+NAMES = ("slug", "fleet-listing", "redeploy-request", "redeploy-response", "buildinfo", "report")
+
+
+@cache
+def load(name: str) -> dict:
+    """The schema document ``schemas/<name>.schema.json``."""
+    return json.loads((HERE / f"{name}.schema.json").read_text(encoding="utf-8"))
