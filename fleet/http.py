@@ -1,0 +1,78 @@
+"""Transport rules shared by the control-plane client and the tenant poller: which URLs may be used,
+and how a body is read within a deadline and a size cap."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from urllib.parse import urlsplit
+
+from fleet.contract import ContractError, show
+
+MAX_CP_BODY = 16 * 1024 * 1024
+MAX_TENANT_BODY = 64 * 1024
+
+
+class BodyError(Exception):
+    """A body that could not be read whole: too slow or too large."""
+
+
+class BodyTooLarge(BodyError):
+    """The body passed the size cap; the status line is still good."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, what: str, allow_http: bool) -> str:
+    """An http(s) URL with a host; plain http only to loopback unless the user opted in."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ContractError(f"{what} must be an http(s) URL with a host: {show(url)}")
+    if parts.username or parts.password:
+        raise ContractError(f"{what} must not carry credentials in the URL")
+    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
+        raise ContractError(
+            f"{what} uses plain http to a non-loopback host ({show(parts.hostname)}); "
+            "use https, or opt in with allow-http"
+        )
+    return url.rstrip("/")
+
+
+def _set_read_timeout(response, seconds: float) -> None:
+    # Tighten the socket timeout to the time left, so one stalled read cannot outlive the deadline.
+    conn = getattr(response, "connection", None) or getattr(response, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.01))
+
+
+def read_body(response, deadline: float, cap: int) -> bytes:
+    """Read a urllib3 response (preload_content=False) whole, by `deadline` (monotonic) and within
+    `cap` bytes. A server that drips a byte at a time still hits the deadline."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BodyError("body not received before the deadline")
+            _set_read_timeout(response, left)
+            chunk = response.read1(65536, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooLarge(f"body larger than {cap} bytes")
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
+    response.release_conn()
+    return b"".join(chunks)

@@ -1,0 +1,128 @@
+"""The action's inputs, in one table: flags for the command line, GHA_FLEET_* variables for the action,
+and the typed readers that turn their strings into values or a clear error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet.contract import ContractError, show
+
+ENV_PREFIX = "GHA_FLEET_"
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    default: str
+    help: str
+
+
+INPUTS: dict[str, Input] = {
+    i.name: i
+    for i in (
+        Input("cp-url", "", "control-plane base URL"),
+        Input("target-tag", "", "image tag every tenant in scope moves to"),
+        Input("expected-sha", "", "build (git sha, >= 7 hex digits) that buildinfo must report"),
+        Input("tenant-url-template", "", "tenant base URL with {slug}; empty skips verify"),
+        Input("canary-slug", "", "canary tenant, deployed and soaked first; a failed canary always fails"),
+        Input("soak-seconds", "60", "how long the canary is watched before the rest move"),
+        Input("batch-size", "3", "tenants per batch"),
+        Input(
+            "max-stragglers",
+            "",
+            "tolerated stragglers for the whole rollout: an integer or a percentage of the scope (2%%, 2.5%%), "
+            "rounded down; empty: PROD_AUTO_DEPLOY_MAX_STRAGGLERS, else 0 on the command line (1 in the action)",
+        ),
+        Input("mode", "scoped", "scoped: one call per canary and batch; fleet: one call, the control plane drives"),
+        Input("slugs", "", "limit to these tenants (comma or newline separated)"),
+        Input("dry-run", "false", "plan only, deploy nothing"),
+        Input("verify-timeout-seconds", "300", "verify deadline"),
+        Input("poll-interval-seconds", "5", "seconds between polls of one tenant"),
+        Input("concurrency", "32", "tenants polled at once"),
+        Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
+        Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), when no report exists"),
+        Input("report", "", "path of the JSON report"),
+        Input("allow-http", "false", "allow plain http:// to hosts other than loopback"),
+        Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
+    )
+}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def parser(prog: str, description: str, names: Sequence[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="The control-plane token is read from the environment variable CP_TOKEN, never from a flag.",
+    )
+    for name in names:
+        item = INPUTS[name]
+        default = f" (default: {item.default!r})" if item.default else ""
+        p.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE", help=item.help + default)
+    p.add_argument(
+        "--from-env",
+        action="store_true",
+        help=f"read every input from {ENV_PREFIX}* variables (how action.yml calls this step)",
+    )
+    return p
+
+
+def gather(args: argparse.Namespace, names: Sequence[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Each input as the string an action would see; given flags win over the action's variables."""
+    values: dict[str, str] = {}
+    for name in names:
+        given = getattr(args, name)
+        if given is None and args.from_env:
+            given = environ.get(env_name(name))
+        values[name] = (given if given is not None else INPUTS[name].default).strip()
+    return values
+
+
+# -- typed readers -----------------------------------------------------------------------------
+
+
+def integer(name: str, text: str, minimum: int = 0) -> int:
+    if not re.fullmatch(r"\d{1,9}", text) or int(text) < minimum:
+        raise ContractError(f"{name} must be an integer >= {minimum}: got {show(text)}")
+    return int(text)
+
+
+def seconds(name: str, text: str, minimum: float = 0.0) -> float:
+    if not re.fullmatch(r"\d{1,7}(\.\d{1,3})?", text) or float(text) < minimum:
+        raise ContractError(f"{name} must be a number of seconds >= {minimum:g}: got {show(text)}")
+    return float(text)
+
+
+def boolean(name: str, text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no", ""):
+        return False
+    raise ContractError(f"{name} must be true or false: got {show(text)}")
+
+
+def choice(name: str, text: str, options: Sequence[str]) -> str:
+    if text not in options:
+        raise ContractError(f"{name} must be one of {', '.join(options)}: got {show(text)}")
+    return text
+
+
+def expected_sha(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{7,64}", text):
+        raise ContractError(f"expected-sha must be at least 7 hex digits: got {show(text)}")
+    return text.lower()
+
+
+def tenant_template(text: str) -> str:
+    rest = text.replace("{slug}", "")
+    if text and (rest == text or "{" in rest or "}" in rest):
+        raise ContractError(f"tenant-url-template must hold {{slug}} and no other placeholder: got {show(text)}")
+    return text

@@ -1,0 +1,59 @@
+"""The JSON report: one file that holds the plan, every control-plane call, each tenant's outcome and
+the verdicts. Written atomically, so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fleet import contract, runner
+
+DEFAULT_NAME = "fleet-rollout-report.json"
+
+
+def default_path() -> str:
+    """A fresh path under RUNNER_TEMP on a runner, else ./fleet-rollout-report.json."""
+    temp = os.environ.get("RUNNER_TEMP")
+    if temp:
+        return str(Path(temp) / f"fleet-rollout-report-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json")
+    return DEFAULT_NAME
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write(path: str, report: dict[str, Any]) -> bool:
+    """Write atomically; on failure warn and return False (the verdict stands either way)."""
+    text = runner.scrub(json.dumps(report, indent=2, sort_keys=False)) + "\n"
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        runner.warning(f"could not write the report {runner.plain(path)}: {runner.plain(exc.strerror or exc)}")
+        return False
+    return True
+
+
+def read(path: str) -> dict[str, Any]:
+    """Read and validate a report; a bad one is a ContractError naming the file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise contract.ContractError(f"cannot read report {contract.show(path)}: {exc.strerror}") from None
+    doc = contract.parse_json(raw, f"report {contract.show(path)}")
+    return contract.validate("report", doc, f"report {contract.show(path)} rejected")

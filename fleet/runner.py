@@ -1,0 +1,129 @@
+"""Everything the runner sees: log lines, workflow commands, masking, outputs and the step summary.
+
+Untrusted text (control-plane errors, tenant answers) reaches the log only through `plain` and the
+summary only through `md`, so it can neither start a workflow command nor break the Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as _secrets
+import signal
+import sys
+from collections.abc import Mapping
+
+_SECRETS: list[str] = []
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+# Inline Markdown that could format, link or leave a table cell; untrusted text never starts a line.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def under_runner() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def register_secret(value: str) -> None:
+    """Scrub `value` from everything this module emits; mask it under a runner."""
+    if not value:
+        return
+    for part in [value, *value.splitlines()]:
+        if part.strip() and part not in _SECRETS:
+            _SECRETS.append(part)
+            if under_runner():
+                _write(f"::add-mask::{_escape_data(part)}")
+    _SECRETS.sort(key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _control(match: re.Match) -> str:
+    char = match.group(0)
+    return {"\n": "\\n", "\r": "\\r", "\t": " "}.get(char, f"\\x{ord(char):02x}")
+
+
+def plain(text: object) -> str:
+    """Untrusted text as one inert log line: no control characters, no `::` or `##[` to start a command."""
+    line = _CONTROL.sub(_control, scrub(str(text)))
+    return line.replace("::", ":\\:").replace("##[", "#\\#[")
+
+
+def md(text: object) -> str:
+    """Untrusted text as inert inline Markdown (table cells included)."""
+    line = plain(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", line)
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _write(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def log(line: str) -> None:
+    """A line the code composed itself; parts from outside must already have passed `plain`."""
+    _write(scrub(line))
+
+
+def warning(message: str) -> None:
+    _write(f"::warning::{_escape_data(scrub(message))}")
+
+
+def error(message: str) -> None:
+    _write(f"::error::{_escape_data(scrub(message))}")
+
+
+def set_outputs(outputs: Mapping[str, str]) -> None:
+    """Append step outputs to GITHUB_OUTPUT (multi-line safe); outside a runner, nothing to do."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if not path:
+        return
+    lines = []
+    for name, value in outputs.items():
+        value = scrub(str(value))
+        delimiter = f"ghadelimiter_{_secrets.token_hex(8)}"
+        lines.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+    except OSError as exc:
+        warning(f"could not write step outputs to GITHUB_OUTPUT: {plain(exc.strerror or exc)}")
+
+
+def write_summary(markdown: str) -> None:
+    """Print the summary to the log (Gitea 1.22 and act do not show summaries) and append it to
+    GITHUB_STEP_SUMMARY. A summary that cannot be written is a warning, never a changed verdict."""
+    markdown = scrub(markdown)
+    for line in markdown.splitlines():
+        _write(line)
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        if under_runner():
+            warning("GITHUB_STEP_SUMMARY is not set; the summary above is in the log only")
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown.rstrip("\n") + "\n\n")
+    except OSError as exc:
+        warning(f"could not write the step summary ({plain(exc.strerror or exc)}); it is in the log above")
+
+
+class Terminated(BaseException):
+    """The runner asked the step to stop (SIGTERM, as on a cancelled job)."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into Terminated in the main thread, so the report and summary are still written."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,91 @@
+"""HTTP to tenants: one connection pool, no token, no redirects followed, TLS always verified, and a
+deadline on every request (a tenant that drips a byte at a time still times out)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import certifi
+import urllib3
+
+from fleet import http
+
+REQUEST_SECONDS = 10.0
+CONNECT_SECONDS = 5.0
+USER_AGENT = "fleet-rollout/0.1 (verify)"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one request saw: a status and body, or `error` when nothing usable came back."""
+
+    status: int | None = None
+    body: bytes = b""
+    error: str | None = None
+    oversize: bool = False
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause for a failed tenant request (no answer at all)."""
+    if isinstance(exc, http.BodyError):
+        return str(exc)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    text = f"{type(exc).__name__} {exc}".lower()
+    for needle, words in (
+        ("timeout", "timed out"),
+        ("timed out", "timed out"),
+        ("refused", "connection refused"),
+        ("nameresolution", "host name not found"),
+        ("name or service", "host name not found"),
+        ("certificate", "TLS certificate verification failed"),
+        ("ssl", "TLS handshake failed"),
+        ("reset", "connection reset"),
+        ("remote end closed", "connection closed without an answer"),
+        ("remotedisconnected", "connection closed without an answer"),
+        ("incompleteread", "answer truncated"),
+        ("protocol", "connection broken"),
+    ):
+        if needle in text:
+            return words
+    return type(exc).__name__
+
+
+class Tenants:
+    def __init__(self, template: str, *, allow_http: bool, ca_bundle: str | None, concurrency: int = 32) -> None:
+        self.template = template
+        self.allow_http = allow_http
+        self.pool = urllib3.PoolManager(
+            num_pools=1024,  # one per tenant host when each tenant has its own name
+            maxsize=max(2, 2 * concurrency),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_bundle or certifi.where(),
+            retries=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def base(self, slug: str) -> str:
+        """The tenant's base URL; checked like any URL (plain http only to loopback, unless allowed)."""
+        return http.check_url(self.template.replace("{slug}", slug), f"tenant URL for {slug}", self.allow_http)
+
+    def get(self, url: str, deadline: float) -> Reply:
+        """GET within min(deadline, now + REQUEST_SECONDS); never raises for the tenant's faults."""
+        stop = min(deadline, time.monotonic() + REQUEST_SECONDS)
+        left = stop - time.monotonic()
+        if left <= 0:
+            return Reply(error="no time left before the deadline")
+        try:
+            resp = self.pool.request(
+                "GET",
+                url,
+                redirect=False,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=min(CONNECT_SECONDS, left), read=left),
+            )
+            body = http.read_body(resp, stop, http.MAX_TENANT_BODY)
+        except http.BodyTooLarge:
+            return Reply(status=resp.status, oversize=True)
+        except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
+            return Reply(error=describe(exc))
+        return Reply(status=resp.status, body=body)

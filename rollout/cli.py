@@ -1,0 +1,128 @@
+"""`python -m rollout`: the rollout step, as the action runs it (--from-env) and on its own (flags)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from fleet import inputs, report, runner
+from fleet.contract import ContractError
+from fleet.cp import ControlPlane, CPError
+from rollout import drive, summary
+from rollout.coverage import STRAGGLER
+from rollout.plan import Plan, Settings, make_plan, plan_record, settings_from
+
+NAMES = (
+    "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
+    "max-stragglers", "mode", "slugs", "dry-run", "poll-interval-seconds", "cp-timeout-seconds", "report",
+    "allow-http", "ca-bundle",
+)  # fmt: skip
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = inputs.parser(
+        "python -m rollout",
+        "Roll a build out across the fleet through the control plane: the canary first, then batches, "
+        "quarantining up to max-stragglers tenants that fail.",
+        NAMES,
+    ).parse_args(argv)
+    values = inputs.gather(args, NAMES)
+    token = os.environ.get("CP_TOKEN", "")
+    runner.register_secret(token)
+    report_path = values["report"] or report.default_path()
+    started = report.now()
+
+    settings: Settings | None = None
+    plan: Plan | None = None
+    result: drive.Result | None = None
+    cp: ControlPlane | None = None
+    failure: str | None = None
+    code = EXIT_FAILED
+    try:
+        runner.stop_on_sigterm()
+        # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
+        settings = settings_from(values, os.environ, 1 if args.from_env else 0)
+        if not token:
+            raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
+        cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
+        plan = make_plan(settings, cp.list_fleet())
+        _log_plan(settings, plan)
+        result = drive.Result.for_plan(plan)
+        drive.run(settings, plan, cp, drive.healthz_watch(settings), result)
+    except ContractError as exc:
+        failure, code = str(exc), (EXIT_BAD_INPUT if cp is None or not cp.calls else EXIT_FAILED)
+    except CPError as exc:
+        failure = str(exc)
+    except runner.Terminated as exc:
+        failure, code = f"rollout {exc}; tenants in the call under way have an unknown outcome", EXIT_TERMINATED
+    if result is not None and failure:
+        result.fail(failure)
+
+    verdict = result.verdict if result and not failure else drive.FAILED
+    message = result.message if result and not failure else (failure or "")
+    ok = result is not None and result.ok and not failure
+    doc = _report(settings, plan, result, cp, ok, verdict, message, started, values)
+    report.write(report_path, doc)
+    stragglers = doc.get("stragglers", [])
+    runner.set_outputs(
+        {
+            "ok": "true" if ok else "false",
+            "stragglers": json.dumps(stragglers),
+            "quarantined-count": str(len(stragglers)) if ok else "0",
+            "report-path": report_path,
+        }
+    )
+    _announce(result, ok, message)
+    runner.write_summary(summary.render(verdict, message, settings, plan, result))
+    runner.log(f"report: {runner.plain(report_path)}")
+    return EXIT_OK if ok else code
+
+
+def _log_plan(settings: Settings, plan: Plan) -> None:
+    b = settings.budget
+    runner.log(
+        f"plan: {settings.mode} rollout of {settings.target_tag} to {len(plan.scope)} of {plan.fleet_size} tenants; "
+        f"canary {plan.canary or 'none'}; {len(plan.batches)} batches of up to {settings.batch_size}; "
+        f"straggler budget {plan.budget} (from {b.source} {b.text!r})" + ("; dry run" if settings.dry_run else "")
+    )
+    for note in plan.notes:
+        runner.log(f"note: {runner.plain(note)}")
+
+
+def _announce(result: drive.Result | None, ok: bool, message: str) -> None:
+    if result is not None:
+        for outcome in result.outcomes.values():
+            if outcome.outcome == STRAGGLER:
+                state = "quarantined, needs individual recovery" if ok else "straggler"
+                runner.warning(f"tenant {outcome.slug} {state}: {runner.plain(outcome.reason or '')}")
+    if ok:
+        runner.log(runner.plain(message))
+    else:
+        runner.error(runner.plain(message))
+
+
+def _report(settings, plan, result, cp, ok, verdict, message, started, values) -> dict:
+    doc: dict = {"schema_version": 1, "ok": ok, "message": message}
+    if settings is not None:
+        doc["plan"] = plan_record(settings, plan)
+    doc["calls"] = cp.calls if cp is not None else []
+    if result is not None:
+        doc["tenants"] = [o.record() for o in result.outcomes.values()]
+        if result.stragglers():
+            doc["stragglers"] = result.stragglers()
+    doc["rollout"] = {
+        "ok": ok,
+        "verdict": verdict,
+        "message": message,
+        "started_at": started,
+        "finished_at": report.now(),
+    }
+    return doc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Pure decisions made before any redeploy: settings from inputs, the straggler budget, the scope, the
+batches, and the body of each call."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from fleet import contract, http, inputs
+from fleet.contract import ContractError, show
+
+BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
+# What an image reference accepts as a tag.
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """The tolerance as asked for: an absolute count, or a percentage of the scope."""
+
+    text: str
+    source: str  # input | env | default
+    count: int | None = None
+    percent: Decimal | None = None
+
+    def resolve(self, scope_size: int) -> int:
+        if self.percent is None:
+            return self.count or 0
+        return math.floor(self.percent * scope_size / 100)
+
+
+def parse_budget(text: str, source: str) -> BudgetSpec:
+    what = "max-stragglers" if source != "env" else BUDGET_ENV
+    if re.fullmatch(r"\d{1,9}", text):
+        return BudgetSpec(text, source, count=int(text))
+    match = re.fullmatch(r"(\d{1,3}(?:\.\d{1,4})?)%", text)
+    if match and Decimal(match.group(1)) <= 100:
+        return BudgetSpec(text, source, percent=Decimal(match.group(1)))
+    raise ContractError(
+        f"{what} must be an integer >= 0 or a percentage of the scope like 2% or 2.5%: got {show(text)}"
+    )
+
+
+def choose_budget(given: str, environ: Mapping[str, str], fallback: int) -> BudgetSpec:
+    """The input wins, then PROD_AUTO_DEPLOY_MAX_STRAGGLERS, then the caller's fallback."""
+    if given:
+        return parse_budget(given, "input")
+    env = environ.get(BUDGET_ENV, "").strip()
+    if env:
+        return parse_budget(env, "env")
+    return BudgetSpec(str(fallback), "default", count=fallback)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cp_url: str
+    target_tag: str
+    expected_sha: str | None
+    tenant_url_template: str
+    canary_slug: str
+    soak_seconds: int
+    batch_size: int
+    budget: BudgetSpec
+    mode: str
+    slugs: list[str] | None
+    dry_run: bool
+    poll_interval: float
+    cp_timeout: float
+    allow_http: bool
+    ca_bundle: str | None
+
+
+def settings_from(values: Mapping[str, str], environ: Mapping[str, str], budget_fallback: int) -> Settings:
+    """Typed settings from the inputs' strings; the first bad one is a ContractError naming it."""
+    allow_http = inputs.boolean("allow-http", values["allow-http"])
+    if not values["cp-url"]:
+        raise ContractError("cp-url is required")
+    tag = values["target-tag"]
+    if not TAG.fullmatch(tag):
+        raise ContractError(f"target-tag must be an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*): got {show(tag)}")
+    canary = values["canary-slug"]
+    if canary:
+        contract.check_slug(canary, "canary-slug")
+    slugs = contract.parse_slug_list(values["slugs"], "slugs") if values["slugs"] else None
+    if values["slugs"] and not slugs:
+        raise ContractError("slugs names no tenant")
+    template = inputs.tenant_template(values["tenant-url-template"])
+    if template:
+        http.check_url(template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
+    sha = values["expected-sha"]
+    return Settings(
+        cp_url=http.check_url(values["cp-url"], "cp-url", allow_http),
+        target_tag=tag,
+        expected_sha=inputs.expected_sha(sha) if sha else None,
+        tenant_url_template=template,
+        canary_slug=canary,
+        soak_seconds=inputs.integer("soak-seconds", values["soak-seconds"]),
+        batch_size=inputs.integer("batch-size", values["batch-size"], minimum=1),
+        budget=choose_budget(values["max-stragglers"], environ, budget_fallback),
+        mode=inputs.choice("mode", values["mode"], ("scoped", "fleet")),
+        slugs=slugs,
+        dry_run=inputs.boolean("dry-run", values["dry-run"]),
+        poll_interval=inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
+        cp_timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
+        allow_http=allow_http,
+        ca_bundle=values["ca-bundle"] or None,
+    )
+
+
+@dataclass
+class Plan:
+    mode: str
+    scope: list[str]  # every tenant this rollout covers, canary included, in fleet order
+    canary: str  # "" when there is none, or it is outside the scope
+    batches: list[list[str]]
+    budget: int
+    fleet_size: int
+    notes: list[str] = field(default_factory=list)
+
+
+def make_plan(settings: Settings, fleet: list[str]) -> Plan:
+    """Scope, canary and batches from the validated fleet; unknown names fail before any call."""
+    if not fleet:
+        raise ContractError("the control plane lists no tenants: nothing to roll out")
+    known = set(fleet)
+    notes: list[str] = []
+    if settings.slugs is not None:
+        unknown = [s for s in settings.slugs if s not in known]
+        if unknown:
+            raise ContractError(f"slugs names tenants the control plane does not list: {', '.join(unknown)}")
+        wanted = set(settings.slugs)
+        scope = [s for s in fleet if s in wanted]
+    else:
+        scope = list(fleet)
+    canary = settings.canary_slug
+    if canary and canary not in known:
+        raise ContractError(f"canary-slug {show(canary)} is not in the control plane's fleet")
+    if canary and canary not in scope:
+        notes.append(f"canary {canary} is outside the scope (slugs) and is not redeployed")
+        canary = ""
+    rest = [s for s in scope if s != canary]
+    size = settings.batch_size
+    batches = [rest[i : i + size] for i in range(0, len(rest), size)]
+    return Plan(settings.mode, scope, canary, batches, settings.budget.resolve(len(scope)), len(fleet), notes)
+
+
+def _base_body(settings: Settings) -> dict[str, Any]:
+    return {"target_tag": settings.target_tag, "batch_size": settings.batch_size, "dry_run": settings.dry_run}
+
+
+def canary_body(settings: Settings, plan: Plan) -> dict[str, Any]:
+    # The action soaks the canary itself, watching its health; the control plane need not wait.
+    return _base_body(settings) | {
+        "slugs": [plan.canary],
+        "canary_slug": plan.canary,
+        "max_stragglers": 0,
+        "soak_seconds": 0,
+    }
+
+
+def batch_body(settings: Settings, batch: list[str], unspent: int) -> dict[str, Any]:
+    return _base_body(settings) | {"slugs": batch, "canary_slug": "", "max_stragglers": unspent, "soak_seconds": 0}
+
+
+def fleet_body(settings: Settings, plan: Plan) -> dict[str, Any]:
+    body = _base_body(settings) | {
+        "canary_slug": plan.canary,
+        "soak_seconds": settings.soak_seconds,
+        "max_stragglers": plan.budget,
+    }
+    if settings.slugs is not None:
+        body["slugs"] = plan.scope
+    return body
+
+
+def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
+    """The plan as the report holds it."""
+    record: dict[str, Any] = {
+        "mode": settings.mode,
+        "target_tag": settings.target_tag,
+        "expected_sha": settings.expected_sha,
+        "canary_slug": settings.canary_slug,
+        "soak_seconds": settings.soak_seconds,
+        "batch_size": settings.batch_size,
+        "dry_run": settings.dry_run,
+        "budget": {"requested": settings.budget.text, "source": settings.budget.source, "resolved": 0},
+        "tenant_url_template": settings.tenant_url_template,
+    }
+    if plan is not None:
+        record["budget"]["resolved"] = plan.budget
+        record.update(
+            canary_in_scope=bool(plan.canary),
+            fleet_size=plan.fleet_size,
+            scope=plan.scope,
+            batches=plan.batches,
+            notes=plan.notes,
+        )
+    else:
+        del record["budget"]["resolved"]
+    return record

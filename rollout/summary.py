@@ -1,0 +1,76 @@
+"""The rollout step's summary: verdict first, then counts, the stragglers with their reasons and the
+command that redeploys just them, then every tenant."""
+
+from __future__ import annotations
+
+import shlex
+
+from fleet import markdown
+from fleet.runner import md
+from rollout import drive
+from rollout.coverage import NOT_ATTEMPTED, PLANNED, SHIPPED, STRAGGLER, UNKNOWN
+from rollout.plan import Plan, Settings
+
+ICONS = {
+    drive.SHIPPED_ALL: "✅",
+    drive.QUARANTINED: "⚠️",
+    drive.PLANNED: "📝",
+}
+
+
+def recovery_command(settings: Settings, slugs: list[str]) -> str:
+    """The one line that redeploys just `slugs`, strict, without a canary."""
+    args = [
+        "python", "-m", "rollout",
+        "--cp-url", settings.cp_url,
+        "--target-tag", settings.target_tag,
+        "--slugs", ",".join(slugs),
+        "--max-stragglers", "0",
+        "--soak-seconds", "0",
+    ]  # fmt: skip
+    if settings.tenant_url_template:
+        args += ["--tenant-url-template", settings.tenant_url_template]
+    return "CP_TOKEN=... " + shlex.join(args)
+
+
+def render(
+    verdict: str, message: str, settings: Settings | None, plan: Plan | None, result: drive.Result | None
+) -> str:
+    icon = ICONS.get(verdict, "❌")
+    parts = [f"## {icon} Fleet rollout: {verdict}", "", md(message), ""]
+    if plan is None or result is None or settings is None:
+        return "\n".join(parts)
+    outcomes = list(result.outcomes.values())
+    count = {
+        k: sum(1 for o in outcomes if o.outcome == k) for k in (SHIPPED, STRAGGLER, NOT_ATTEMPTED, UNKNOWN, PLANNED)
+    }
+    label = "Quarantined stragglers" if result.ok else "Stragglers"
+    budget = settings.budget
+    rows = [
+        ("Tenants in scope", len(plan.scope)),
+        ("Shipped", count[SHIPPED]),
+        (label, count[STRAGGLER]),
+        ("Not attempted (old build)", count[NOT_ATTEMPTED]),
+        ("Outcome unknown", count[UNKNOWN]),
+        ("Straggler budget", f"{plan.budget} (from {budget.source} {md(budget.text)!s})"),
+    ]
+    if settings.dry_run:
+        rows.insert(1, ("Planned (dry run)", count[PLANNED]))
+    parts += [markdown.table(("", "count"), rows), ""]
+    stragglers = [o for o in outcomes if o.outcome == STRAGGLER]
+    if stragglers:
+        title = "Quarantined: recover individually" if result.ok else "Stragglers"
+        parts += [f"### {title}", ""]
+        parts += [f"- `{o.slug}`: {md(o.reason or '')}" for o in stragglers]
+        parts += ["", "Redeploy just these once fixed (or run the action with `slugs:` set to them):", ""]
+        parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
+    for line in result.notes:
+        parts.append(f"> {md(line)}")
+    rows = [(f"`{o.slug}`", o.phase or "", o.outcome, md(o.reason or "")) for o in outcomes]
+    parts += [
+        "",
+        markdown.fold(
+            f"Tenants ({len(rows)})", markdown.table(("tenant", "phase", "outcome", "reason"), rows), len(rows)
+        ),
+    ]
+    return "\n".join(parts)
