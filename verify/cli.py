@@ -1,0 +1,187 @@
+"""`python -m verify`: the verify step, after a rollout (its report) or on its own (the fleet from the
+control plane, the quarantine from --stragglers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleet import contract, http, inputs, report, runner
+from fleet.contract import ContractError, show
+from fleet.cp import ControlPlane, CPError
+from fleet.tenant import Tenants
+from verify import poll, summary, verdict
+from verify.verdict import Seen
+
+NAMES = (
+    "cp-url", "expected-sha", "tenant-url-template", "slugs", "stragglers", "verify-timeout-seconds",
+    "poll-interval-seconds", "concurrency", "cp-timeout-seconds", "report", "allow-http", "ca-bundle",
+)  # fmt: skip
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
+NAME_LIMIT = 10  # tenants named in the one-line error before "and N more"
+
+
+def parse_stragglers(text: str) -> list[str]:
+    """A JSON array or a comma/newline list of slugs."""
+    text = text.strip()
+    if text.startswith("["):
+        items = contract.parse_json(text, "stragglers")
+        if not isinstance(items, list):
+            raise ContractError("stragglers must be a JSON array of slugs")
+        for item in items:
+            contract.check_slug(item, "stragglers")
+        return contract.unique_slugs(items, "stragglers")
+    return contract.parse_slug_list(text, "stragglers") if text else []
+
+
+def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -> tuple[list[str], list[str], str]:
+    """The tenants to verify and the quarantined ones, from the rollout's report or the control plane."""
+    if doc is not None:
+        rollout = doc.get("rollout") or {}
+        plan = doc.get("plan") or {}
+        if not rollout.get("ok") or plan.get("dry_run"):
+            raise ContractError(
+                f"the report's rollout did not ship ({show(rollout.get('verdict', 'no rollout'))}): nothing to verify"
+            )
+        scope = plan.get("scope") or []
+        return list(scope), list(doc.get("stragglers", [])), "the rollout's report"
+    if not values["cp-url"]:
+        raise ContractError("verify needs the rollout's report (--report) or cp-url to list the fleet")
+    if not token:
+        raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
+    allow_http = inputs.boolean("allow-http", values["allow-http"])
+    cp = ControlPlane(
+        http.check_url(values["cp-url"], "cp-url", allow_http),
+        token,
+        timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
+        ca_bundle=values["ca-bundle"] or None,
+    )
+    fleet = cp.list_fleet()
+    if values["slugs"]:
+        wanted = contract.parse_slug_list(values["slugs"], "slugs")
+        unknown = [s for s in wanted if s not in set(fleet)]
+        if unknown:
+            raise ContractError(f"slugs names tenants the control plane does not list: {', '.join(unknown)}")
+        fleet = [s for s in fleet if s in set(wanted)]
+    return fleet, parse_stragglers(values["stragglers"]), "the control plane's listing"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = inputs.parser(
+        "python -m verify",
+        "Verify the fleet: every tenant that was not quarantined must answer healthz 2xx and serve the "
+        "expected build on buildinfo before the deadline.",
+        NAMES,
+    ).parse_args(argv)
+    values = inputs.gather(args, NAMES)
+    token = os.environ.get("CP_TOKEN", "")
+    runner.register_secret(token)
+    report_path = values["report"] or report.DEFAULT_NAME
+    started = time.monotonic()
+
+    doc: dict | None = None
+    write_to = report_path
+    seen: dict[str, Seen] = {}
+    counts: dict[str, int] | None = None
+    failure: str | None = None
+    code = EXIT_FAILED
+    try:
+        runner.stop_on_sigterm()
+        if Path(report_path).exists():
+            write_to = report_path + ".verify.json"  # a report that cannot be read is kept as it is
+            doc = report.read(report_path)
+            write_to = report_path
+        expected = inputs.expected_sha(values["expected-sha"]) if values["expected-sha"] else None
+        if expected is None:
+            raise ContractError("expected-sha is required: the build every tenant's buildinfo must report")
+        template = inputs.tenant_template(values["tenant-url-template"])
+        if not template:
+            raise ContractError("tenant-url-template is required to verify")
+        timeout = inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"])
+        interval = inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05)
+        concurrency = inputs.integer("concurrency", values["concurrency"], minimum=1)
+        tenants = Tenants(
+            template,
+            allow_http=inputs.boolean("allow-http", values["allow-http"]),
+            ca_bundle=values["ca-bundle"] or None,
+            concurrency=concurrency,
+        )
+        scope, stragglers, source = scope_and_quarantine(values, doc, token)
+        held = set(stragglers)  # exact, whole-string match: `reno` is not `reno-stars`
+        targets = [s for s in scope if s not in held]
+        for slug in targets:
+            tenants.base(slug)  # every URL is checked before the first request
+        runner.log(
+            f"verify: {len(targets)} tenants from {source} must serve {expected}; "
+            f"{len(held & set(scope))} quarantined; deadline {timeout:g} s, poll every {interval:g} s"
+        )
+        for slug in stragglers:
+            runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
+        seen = {slug: verdict.quarantined() for slug in scope if slug in held}
+        state = poll.poll(
+            tenants, targets, expected, timeout=timeout, interval=interval, concurrency=concurrency,
+            progress=_progress,
+        )  # fmt: skip
+        seen = {slug: state.seen.get(slug) or seen[slug] for slug in scope}
+        counts = verdict.counts(seen)
+    except (ContractError, CPError) as exc:
+        failure = str(exc)
+        code = EXIT_BAD_INPUT if isinstance(exc, ContractError) else EXIT_FAILED
+    except runner.Terminated as exc:
+        failure, code = f"verify {exc} before the deadline; verdicts are partial", EXIT_TERMINATED
+
+    failing = [(slug, s) for slug, s in seen.items() if s.state in verdict.FAILING]
+    ok = failure is None and not failing
+    if failure:
+        message = failure
+    elif failing:
+        named = ", ".join(f"{slug} ({s.state}: {s.reason})" for slug, s in failing[:NAME_LIMIT])
+        more = f" and {len(failing) - NAME_LIMIT} more" if len(failing) > NAME_LIMIT else ""
+        message = f"{len(failing)} of {len(seen)} tenants failed verification: {named}{more}"
+    else:
+        message = f"all {counts['verified'] if counts else 0} tenants verified on {values['expected-sha'][:12]}" + (
+            f"; {counts['quarantined']} quarantined" if counts and counts["quarantined"] else ""
+        )
+    elapsed = round(time.monotonic() - started, 3)
+    _write_report(write_to, doc, ok, message, seen, counts, values, elapsed)
+    runner.set_outputs(
+        {
+            "ok": "true" if ok else "false",
+            "verified-count": str(counts["verified"]) if counts else "",
+            "failed-count": str(counts["failed"]) if counts else "",
+        }
+    )
+    (runner.log if ok else runner.error)(runner.plain(f"verify: {message}"))
+    runner.write_summary(summary.render(ok, message, seen, counts))
+    return EXIT_OK if ok else code
+
+
+def _progress(fleet: poll.Fleet, left: float) -> None:
+    waiting = fleet.waiting()
+    total = len(fleet.slugs)
+    runner.log(f"verified {total - waiting}/{total}, waiting on {waiting}, {left:.0f} s left")
+
+
+def _write_report(path, doc, ok, message, seen, counts, values, elapsed) -> None:
+    base = doc if doc is not None else {"schema_version": 1, "ok": True}
+    section = {
+        "ok": ok,
+        "verdict": "passed" if ok else "failed",
+        "message": message,
+        "expected_sha": values["expected-sha"],
+        "counts": counts or verdict.counts({}),
+        "tenants": [s.record(slug) for slug, s in seen.items()],
+        "elapsed_seconds": elapsed,
+    }
+    base["verify"] = section
+    base["ok"] = bool(base.get("ok", True)) and ok if doc is not None else ok
+    base["message"] = message if not ok or doc is None else base.get("message", message)
+    report.write(path, base)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

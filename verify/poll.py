@@ -1,0 +1,107 @@
+"""Polling the fleet: `concurrency` workers share one connection pool and a queue ordered by when each
+tenant is next due. A tenant is done once verified; the poll ends when all are, or at the deadline."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleet.tenant import Tenants
+from verify import verdict
+from verify.verdict import Seen
+
+JITTER = 0.2  # polls of one tenant are spaced by (1 - JITTER .. 1) x the poll interval
+PROGRESS_EVERY = 10.0
+
+
+@dataclass
+class Fleet:
+    """What the poll knows so far; `seen` holds each tenant's latest verdict."""
+
+    slugs: list[str]
+    seen: dict[str, Seen]
+    polls: int = 0
+
+    def waiting(self) -> int:
+        return sum(1 for s in self.slugs if self.seen.get(s, Seen("")).state != verdict.VERIFIED)
+
+
+def poll(
+    tenants: Tenants,
+    slugs: list[str],
+    expected_sha: str,
+    *,
+    timeout: float,
+    interval: float,
+    concurrency: int,
+    progress: Callable[[Fleet, float], None] = lambda fleet, left: None,
+) -> Fleet:
+    """Poll until every tenant is verified or `timeout` passes. A tenant that never answered before
+    the deadline is unreachable."""
+    start = time.monotonic()
+    deadline = start + timeout
+    fleet = Fleet(list(slugs), {})
+    urls = {slug: tenants.base(slug) for slug in slugs}
+    due = [(start, i, slug) for i, slug in enumerate(slugs)]
+    heapq.heapify(due)
+    lock = threading.Condition()
+    done = threading.Event()
+    open_count = [len(slugs)]
+
+    def work() -> None:
+        while not done.is_set():
+            with lock:
+                while due and due[0][0] > time.monotonic() and not done.is_set():
+                    lock.wait(timeout=min(due[0][0] - time.monotonic(), 0.5))
+                if not due or done.is_set():
+                    return
+                _, order, slug = heapq.heappop(due)
+            began = time.monotonic()
+            seen = _look(tenants, urls[slug], expected_sha, deadline)
+            with lock:
+                if time.monotonic() <= deadline or slug not in fleet.seen:
+                    fleet.seen[slug] = seen
+                fleet.polls += 1
+                if seen.state == verdict.VERIFIED:
+                    open_count[0] -= 1
+                    if open_count[0] == 0:
+                        done.set()
+                        lock.notify_all()
+                else:
+                    heapq.heappush(due, (began + interval * random.uniform(1 - JITTER, 1), order, slug))
+                    lock.notify()
+
+    workers = [threading.Thread(target=work, daemon=True, name=f"poll-{i}") for i in range(max(1, concurrency))]
+    for worker in workers[: max(1, min(concurrency, len(slugs)))]:
+        worker.start()
+    try:
+        next_progress = start + PROGRESS_EVERY
+        while slugs and not done.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            done.wait(timeout=min(deadline, next_progress) - now)
+            if time.monotonic() >= next_progress and not done.is_set():
+                with lock:
+                    progress(fleet, max(0.0, deadline - time.monotonic()))
+                next_progress += PROGRESS_EVERY
+    finally:
+        done.set()
+        with lock:
+            lock.notify_all()
+    with lock:
+        for slug in slugs:
+            fleet.seen.setdefault(slug, Seen(verdict.UNREACHABLE, "no answer before the deadline"))
+        return Fleet(fleet.slugs, dict(fleet.seen), fleet.polls)
+
+
+def _look(tenants: Tenants, base: str, expected_sha: str, deadline: float) -> Seen:
+    health = tenants.get(base + "/healthz", deadline)
+    settled = verdict.classify_health(health)
+    if settled:
+        return settled
+    return verdict.classify(health, tenants.get(base + "/buildinfo", deadline), expected_sha)
