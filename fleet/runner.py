@@ -6,12 +6,13 @@ summary only through `md`, so it can neither start a workflow command nor break 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets as _secrets
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 _SECRETS: list[str] = []
 
@@ -120,10 +121,16 @@ class Terminated(BaseException):
     """The runner asked the step to stop (SIGTERM, as on a cancelled job)."""
 
 
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into Terminated in the main thread, so the report and summary are still written."""
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated in the main thread, so the report and summary are
+    still written; the previous handler is restored after."""
 
     def handler(signum: int, frame: object) -> None:
         raise Terminated(f"stopped by {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,264 @@
+"""The rollout step against the sandbox control plane, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support import SHA, TAG, bodies, run_step, scenario
+
+from rollout import plan as planning
+from rollout.cli import main
+from sandbox import Sandbox, sha_for_tag
+
+EIGHT = ("acme", "birch", "cobalt", "dune", "reno-stars", "ember", "fjord", "harbor")
+
+
+@pytest.fixture
+def start():
+    started = []
+
+    def _start(spec) -> Sandbox:
+        sb = Sandbox(spec).start()
+        started.append(sb)
+        return sb
+
+    yield _start
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def rollout(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", raising=False)
+
+    def _run(sb: Sandbox, *flags: str, token: str | None = "use-sandbox", report: bool = True):
+        argv = ["--cp-url", sb.url, "--target-tag", TAG, "--soak-seconds", "0", *flags]
+        if report:
+            argv += ["--report", str(tmp_path / "report.json")]
+        return run_step(
+            main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch,
+            token=sb.token if token == "use-sandbox" else token,
+        )  # fmt: skip
+
+    return _run
+
+
+def serving(sb: Sandbox, slug: str) -> str:
+    return sb.state()["tenants"][slug]["serving_sha"]
+
+
+def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout):
+    sb = start(scenario(*EIGHT))
+    run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "1")
+    assert run.code == 0
+    assert "stragglers" not in run.report
+    assert run.outputs["stragglers"] == "[]"
+    assert run.outputs["ok"] == "true"
+    assert run.outputs["quarantined-count"] == "0"
+    assert run.report["rollout"]["verdict"] == "shipped"
+    assert all(t["outcome"] == "shipped" for t in run.report["tenants"])
+    assert all(serving(sb, s) == SHA for s in EIGHT)
+    assert run.warnings() == [] and run.errors() == []
+    # the canary as its own strict call, then batches that carry no canary and no soak
+    sent = bodies(sb)
+    assert sent[0] == {
+        "target_tag": TAG, "batch_size": 3, "dry_run": False, "slugs": ["acme"], "canary_slug": "acme",
+        "max_stragglers": 0, "soak_seconds": 0,
+    }  # fmt: skip
+    assert [b["slugs"] for b in sent[1:]] == [["birch", "cobalt", "dune"], ["reno-stars", "ember", "fjord"], ["harbor"]]
+    assert all(b["canary_slug"] == "" and b["soak_seconds"] == 0 for b in sent[1:])
+    assert run.summary.startswith("## ✅ Fleet rollout: shipped")
+
+
+def test_one_straggler_within_tolerance_is_quarantined_and_warned(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "1")
+    assert run.code == 0
+    assert run.outputs["ok"] == "true"
+    assert json.loads(run.outputs["stragglers"]) == ["reno-stars"]
+    assert run.outputs["quarantined-count"] == "1"
+    assert run.report["stragglers"] == ["reno-stars"]
+    assert run.warnings() == ["::warning::tenant reno-stars quarantined, needs individual recovery: healthz timeout"]
+    assert serving(sb, "harbor") == SHA  # the healthy majority got the build
+    assert serving(sb, "reno-stars") != SHA
+    assert "| Quarantined stragglers | 1 |" in run.summary
+    assert "--slugs reno-stars --max-stragglers 0" in run.summary
+    # verdict first
+    assert run.summary.splitlines()[0] == "## ⚠️ Fleet rollout: shipped-with-quarantine"
+
+
+def test_two_stragglers_over_tolerance_fail_naming_the_tolerance(start, rollout):
+    sb = start(scenario("acme", "birch:wedged", "cobalt:wedged", "dune"))
+    run = rollout(sb, "--max-stragglers", "1", "--batch-size", "4")
+    assert run.code == 1
+    assert run.outputs["ok"] == "false"
+    assert "2 stragglers, max tolerated 1" in run.report["message"]
+    assert any("2 stragglers, max tolerated 1" in line for line in run.errors())
+    assert json.loads(run.outputs["stragglers"]) == ["birch", "cobalt"]
+    assert run.report["rollout"]["verdict"] == "systemic"
+
+
+def test_budget_is_carried_from_batch_to_batch_and_the_rollout_halts_where_it_is_exceeded(start, rollout):
+    tenants = ["c", "a1:wedged", "a2", "b1", "b2", "d1:wedged", "d2", "e1", "e2"]
+    sb = start(scenario(*tenants))
+    run = rollout(sb, "--canary-slug", "c", "--batch-size", "2", "--max-stragglers", "1")
+    assert run.code == 1
+    sent = bodies(sb)
+    # canary strict, batch 1 gets the whole budget, later batches only what is unspent
+    assert [b["max_stragglers"] for b in sent] == [0, 1, 0, 0]
+    assert [b["slugs"] for b in sent][1:] == [["a1", "a2"], ["b1", "b2"], ["d1", "d2"]]
+    # batch 4 (e1, e2) was never called and is named as left on its old build
+    outcomes = {t["slug"]: t for t in run.report["tenants"]}
+    assert outcomes["e1"]["outcome"] == "not-attempted" and "halted at batch 3" in outcomes["e1"]["reason"]
+    assert serving(sb, "e1") != SHA and serving(sb, "b1") == SHA
+    assert "halted at batch 3 of 4, 2 tenants left on their old build" in run.report["message"]
+
+
+def test_failed_canary_fails_whatever_the_budget_and_no_batch_is_called(start, rollout):
+    sb = start("canary-fails")
+    run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "50")
+    assert run.code == 1
+    assert len(bodies(sb)) == 1 and bodies(sb)[0]["slugs"] == ["acme"]
+    assert run.report["rollout"]["verdict"] == "canary-failed"
+    assert "canary acme failed" in run.report["message"]
+    others = [t for t in run.report["tenants"] if t["slug"] != "acme"]
+    assert others and all(t["outcome"] == "not-attempted" for t in others)
+
+
+def test_canary_that_turns_unhealthy_while_soaking_fails_the_rollout(start, rollout):
+    sb = start(scenario("acme:flapping", "birch", "cobalt"))
+    run = rollout(
+        sb, "--canary-slug", "acme", "--soak-seconds", "2", "--poll-interval-seconds", "0.1",
+        "--tenant-url-template", sb.tenant_url_template, "--max-stragglers", "5",
+    )  # fmt: skip
+    assert run.code == 1
+    assert "turned unhealthy while soaking" in run.report["message"]
+    assert len(bodies(sb)) == 1  # no batch after a failed soak
+
+
+def test_ok_true_from_the_control_plane_with_an_unverified_tenant_is_a_straggler(start, rollout):
+    sb = start(scenario("acme", "birch:wedged", "cobalt", control_plane={"fault": "ok_despite_unverified"}))
+    strict = rollout(sb, "--max-stragglers", "0")
+    assert strict.code == 1
+    assert json.loads(strict.outputs["stragglers"]) == ["birch"]
+    tolerant = rollout(sb, "--max-stragglers", "1")
+    assert tolerant.code == 0 and tolerant.report["stragglers"] == ["birch"]
+
+
+def test_a_tenant_missing_from_results_is_a_straggler(start, rollout):
+    sb = start(scenario("acme", "birch", "cobalt", control_plane={"fault": "missing_tenant", "missing": ["cobalt"]}))
+    run = rollout(sb, "--max-stragglers", "1")
+    assert run.code == 0
+    assert run.report["stragglers"] == ["cobalt"]
+    cobalt = next(t for t in run.report["tenants"] if t["slug"] == "cobalt")
+    assert cobalt["reason"] == "no result from the control plane"
+    strict = rollout(sb, "--max-stragglers", "0")
+    assert strict.code == 1 and "1 straggler, max tolerated 0" in strict.report["message"]
+
+
+@pytest.mark.parametrize(("budget", "resolved", "code"), [("25%", 2, 0), ("12.5%", 1, 1), ("24.9%", 1, 1)])
+def test_percentage_tolerance_resolves_against_the_scope_rounding_down(start, rollout, budget, resolved, code):
+    sb = start(scenario("acme", "birch:wedged", "cobalt:wedged", "dune", "ember", "fjord", "harbor", "ivy"))
+    run = rollout(sb, "--max-stragglers", budget, "--batch-size", "8")
+    assert run.report["plan"]["budget"] == {"requested": budget, "source": "input", "resolved": resolved}
+    assert f"straggler budget {resolved} (from input '{budget}')" in run.log
+    assert run.code == code
+
+
+def test_budget_comes_from_the_environment_then_the_callers_fallback(start, rollout, monkeypatch):
+    sb = start("incident")
+    assert rollout(sb).code == 1  # nothing given on the command line: strict
+    monkeypatch.setenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", "1")
+    run = rollout(sb)
+    assert run.code == 0 and run.report["plan"]["budget"]["source"] == "env"
+    assert rollout(sb, "--max-stragglers", "0").code == 1  # the input wins over the environment
+
+
+def test_action_fallback_is_one_straggler(start, rollout, monkeypatch):
+    sb = start("incident")
+    monkeypatch.setenv("GHA_FLEET_CP_URL", sb.url)
+    monkeypatch.setenv("GHA_FLEET_TARGET_TAG", TAG)
+    monkeypatch.setenv("GHA_FLEET_MAX_STRAGGLERS", "")
+    run = rollout(sb, "--from-env")
+    assert run.code == 0
+    assert run.report["plan"]["budget"] == {"requested": "1", "source": "default", "resolved": 1}
+
+
+def test_fleet_mode_makes_one_call_that_the_control_plane_drives(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--mode", "fleet", "--canary-slug", "acme", "--max-stragglers", "1", "--soak-seconds", "0")
+    assert run.code == 0
+    sent = bodies(sb)
+    assert len(sent) == 1
+    assert sent[0]["canary_slug"] == "acme" and sent[0]["max_stragglers"] == 1 and "slugs" not in sent[0]
+    assert run.report["stragglers"] == ["reno-stars"]
+    systemic = rollout(sb, "--mode", "fleet", "--canary-slug", "acme", "--max-stragglers", "0")
+    assert systemic.code == 1 and systemic.report["rollout"]["verdict"] == "systemic"
+
+
+def test_fleet_mode_failed_canary(start, rollout):
+    sb = start("canary-fails")
+    run = rollout(sb, "--mode", "fleet", "--canary-slug", "acme", "--max-stragglers", "9")
+    assert run.code == 1 and run.report["rollout"]["verdict"] == "canary-failed"
+    assert {t["outcome"] for t in run.report["tenants"] if t["slug"] != "acme"} == {"not-attempted"}
+
+
+@pytest.mark.parametrize("mode", ["scoped", "fleet"])
+def test_dry_run_plans_reports_and_deploys_nothing(start, rollout, mode):
+    sb = start("incident")
+    run = rollout(sb, "--mode", mode, "--canary-slug", "acme", "--dry-run", "true")
+    assert run.code == 0
+    assert all(b["dry_run"] is True for b in bodies(sb))
+    assert all(serving(sb, s) != SHA for s in EIGHT)
+    assert run.report["rollout"]["verdict"] == "planned"
+    assert {t["outcome"] for t in run.report["tenants"]} == {"planned"}
+    assert "stragglers" not in run.report and run.outputs["stragglers"] == "[]"
+
+
+def test_slugs_limit_the_rollout_and_unknown_names_fail_before_any_call(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--slugs", "reno-stars,\nharbor", "--canary-slug", "acme", "--max-stragglers", "0")
+    sent = bodies(sb)
+    assert [b["slugs"] for b in sent] == [["reno-stars", "harbor"]]  # canary outside the scope: not redeployed
+    assert "canary acme is outside the scope" in run.log
+    assert serving(sb, "acme") != SHA
+    assert run.code == 1  # reno-stars is still wedged and the recovery is strict
+    before = len(sb.cp_calls)
+    bad = rollout(sb, "--slugs", "harbor,reno")
+    assert bad.code == 2
+    assert "slugs names tenants the control plane does not list: reno" in bad.report["message"]
+    assert [c["method"] for c in sb.cp_calls[before:]] == ["GET"]
+
+
+def test_report_and_outputs_are_written_when_the_input_is_bad(start, rollout):
+    sb = start("clean")
+    run = rollout(sb, "--max-stragglers", "lots")
+    assert run.code == 2
+    assert run.outputs["ok"] == "false"
+    assert "max-stragglers must be an integer >= 0 or a percentage" in run.report["message"]
+    assert run.errors() and sb.cp_calls == []
+
+
+def test_missing_token_is_a_clear_error(start, rollout):
+    sb = start("clean")
+    run = rollout(sb, token=None)
+    assert run.code == 2 and "CP_TOKEN is not set" in run.report["message"]
+
+
+@pytest.mark.parametrize(
+    ("text", "scope", "expected"),
+    [("0", 10, 0), ("3", 1, 3), ("2%", 100, 2), ("2%", 49, 0), ("2.5%", 80, 2), ("100%", 7, 7), ("33.3333%", 3, 0)],
+)
+def test_budget_resolution(text, scope, expected):
+    assert planning.parse_budget(text, "input").resolve(scope) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "101%", "%", "2 %", "two", "1e3"])
+def test_budget_rejects_what_is_not_a_count_or_percentage(text):
+    with pytest.raises(ValueError, match="max-stragglers must be"):
+        planning.parse_budget(text, "input")
+
+
+def test_sandbox_tag_to_sha():
+    assert sha_for_tag(TAG) == SHA
