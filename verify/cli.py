@@ -39,9 +39,10 @@ def parse_stragglers(text: str) -> list[str]:
 
 
 def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -> tuple[list[str], list[str], str]:
-    """The tenants to verify and the quarantined ones, from the rollout's report or the control plane."""
-    if doc is not None:
-        rollout = doc.get("rollout") or {}
+    """The tenants to verify and the quarantined ones, from the rollout's report or the control plane.
+    A report that holds only an earlier verify is no rollout: the fleet then comes from the listing."""
+    if doc is not None and "rollout" in doc:
+        rollout = doc["rollout"]
         plan = doc.get("plan") or {}
         if not rollout.get("ok") or plan.get("dry_run"):
             raise ContractError(
@@ -90,44 +91,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     failure: str | None = None
     code = EXIT_FAILED
     try:
-        runner.stop_on_sigterm()
-        if Path(report_path).exists():
-            write_to = report_path + ".verify.json"  # a report that cannot be read is kept as it is
-            doc = report.read(report_path)
-            write_to = report_path
-        expected = inputs.expected_sha(values["expected-sha"]) if values["expected-sha"] else None
-        if expected is None:
-            raise ContractError("expected-sha is required: the build every tenant's buildinfo must report")
-        template = inputs.tenant_template(values["tenant-url-template"])
-        if not template:
-            raise ContractError("tenant-url-template is required to verify")
-        timeout = inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"])
-        interval = inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05)
-        concurrency = inputs.integer("concurrency", values["concurrency"], minimum=1)
-        tenants = Tenants(
-            template,
-            allow_http=inputs.boolean("allow-http", values["allow-http"]),
-            ca_bundle=values["ca-bundle"] or None,
-            concurrency=concurrency,
-        )
-        scope, stragglers, source = scope_and_quarantine(values, doc, token)
-        held = set(stragglers)  # exact, whole-string match: `reno` is not `reno-stars`
-        targets = [s for s in scope if s not in held]
-        for slug in targets:
-            tenants.base(slug)  # every URL is checked before the first request
-        runner.log(
-            f"verify: {len(targets)} tenants from {source} must serve {expected}; "
-            f"{len(held & set(scope))} quarantined; deadline {timeout:g} s, poll every {interval:g} s"
-        )
-        for slug in stragglers:
-            runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
-        seen = {slug: verdict.quarantined() for slug in scope if slug in held}
-        state = poll.poll(
-            tenants, targets, expected, timeout=timeout, interval=interval, concurrency=concurrency,
-            progress=_progress,
-        )  # fmt: skip
-        seen = {slug: state.seen.get(slug) or seen[slug] for slug in scope}
-        counts = verdict.counts(seen)
+        with runner.sigterm_stops():
+            if Path(report_path).exists():
+                write_to = report_path + ".verify.json"  # a report that cannot be read is kept as it is
+                doc = report.read(report_path)
+                write_to = report_path
+            expected = inputs.expected_sha(values["expected-sha"]) if values["expected-sha"] else None
+            if expected is None:
+                raise ContractError("expected-sha is required: the build every tenant's buildinfo must report")
+            template = inputs.tenant_template(values["tenant-url-template"])
+            if not template:
+                raise ContractError("tenant-url-template is required to verify")
+            timeout = inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"])
+            interval = inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05)
+            concurrency = inputs.integer("concurrency", values["concurrency"], minimum=1)
+            tenants = Tenants(
+                template,
+                allow_http=inputs.boolean("allow-http", values["allow-http"]),
+                ca_bundle=values["ca-bundle"] or None,
+                concurrency=concurrency,
+            )
+            scope, stragglers, source = scope_and_quarantine(values, doc, token)
+            held = set(stragglers)  # exact, whole-string match: `reno` is not `reno-stars`
+            targets = [s for s in scope if s not in held]
+            for slug in targets:
+                tenants.base(slug)  # every URL is checked before the first request
+            runner.log(
+                f"verify: {len(targets)} tenants from {source} must serve {expected}; "
+                f"{len(held & set(scope))} quarantined; deadline {timeout:g} s, poll every {interval:g} s"
+            )
+            for slug in stragglers:
+                runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
+            seen = {slug: verdict.quarantined() for slug in scope if slug in held}
+            state = poll.poll(
+                tenants, targets, expected, timeout=timeout, interval=interval, concurrency=concurrency,
+                progress=_progress,
+            )  # fmt: skip
+            seen = {slug: state.seen.get(slug) or seen[slug] for slug in scope}
+            counts = verdict.counts(seen)
     except (ContractError, CPError) as exc:
         failure = str(exc)
         code = EXIT_BAD_INPUT if isinstance(exc, ContractError) else EXIT_FAILED

@@ -1,0 +1,191 @@
+"""The verify step against sandbox tenants, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from support import SHA, TAG, run_step, scenario
+
+from fleet.tenant import Reply
+from rollout.cli import main as rollout_main
+from sandbox import Sandbox
+from verify import poll, verdict
+from verify import summary as verify_summary
+from verify.cli import main
+
+
+@pytest.fixture
+def start():
+    started = []
+
+    def _start(spec) -> Sandbox:
+        sb = Sandbox(spec).start()
+        started.append(sb)
+        return sb
+
+    yield _start
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def verify(tmp_path, capsys, monkeypatch):
+    def _run(sb: Sandbox, *flags: str, report: str | None = None):
+        argv = [
+            "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,
+            "--poll-interval-seconds", "0.2", "--verify-timeout-seconds", "5",
+            "--report", report or str(tmp_path / "verify.json"), *flags,
+        ]  # fmt: skip
+        if report is None:
+            argv += ["--cp-url", sb.url]
+        return run_step(main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token)
+
+    return _run
+
+
+def deployed(*tenants: str, **extra) -> dict:
+    """A fleet already redeployed to TAG when the sandbox starts."""
+    return scenario(*tenants, deployed_tag=TAG, **extra)
+
+
+def states(run) -> dict[str, str]:
+    return {t["slug"]: t["state"] for t in run.report["verify"]["tenants"]}
+
+
+def test_all_verified_ends_early_and_sets_outputs(start, verify):
+    sb = start(deployed("acme", "birch", "cobalt"))
+    began = time.monotonic()
+    run = verify(sb, "--verify-timeout-seconds", "60")
+    assert run.code == 0
+    assert time.monotonic() - began < 30  # it did not wait for the 60 s deadline
+    assert run.outputs == {"ok": "true", "verified-count": "3", "failed-count": "0"}
+    assert states(run) == {"acme": "verified", "birch": "verified", "cobalt": "verified"}
+    assert run.summary.splitlines()[0] == "## ✅ Fleet verify: passed"
+
+
+def test_quarantine_is_an_exact_whole_string_match(start, verify):
+    # `reno` is quarantined; `reno-stars` merely contains the name, so it is polled and found stale
+    sb = start(deployed("reno", "reno-stars:stale", "stars"))
+    run = verify(sb, "--stragglers", '["reno"]', "--verify-timeout-seconds", "1.5")
+    assert run.code == 1
+    assert states(run) == {"reno": "quarantined", "reno-stars": "stale", "stars": "verified"}
+    assert not sb.tenant_hits.get("reno")  # quarantined: never polled
+    assert sb.tenant_hits["reno-stars"]
+    # and the other way round: quarantining `reno-stars` does not skip `reno`
+    sb2 = start(deployed("reno:stale", "reno-stars"))
+    run2 = verify(sb2, "--stragglers", "reno-stars", "--verify-timeout-seconds", "1.5")
+    assert states(run2) == {"reno": "stale", "reno-stars": "quarantined"}
+    assert run2.code == 1
+
+
+def test_quarantined_tenants_are_counted_warned_and_not_polled(start, verify):
+    sb = start(deployed("acme", "reno-stars:wedged", "harbor"))
+    run = verify(sb, "--stragglers", "reno-stars")
+    assert run.code == 0
+    assert not sb.tenant_hits.get("reno-stars")
+    assert run.report["verify"]["counts"]["quarantined"] == 1
+    assert "| Quarantined stragglers | 1 |" in run.summary
+    assert "::warning::tenant reno-stars quarantined: not verified, needs individual recovery" in run.warnings()
+
+
+def test_slow_tenants_are_waited_for_and_pass(start, verify):
+    spec = deployed("acme", "birch")
+    spec["tenants"][1].update(behaviour="slow", ready_after=1.5)
+    sb = start(spec)
+    began = time.monotonic()
+    run = verify(sb, "--verify-timeout-seconds", "20")
+    assert run.code == 0
+    assert time.monotonic() - began >= 1.5
+    assert len(sb.tenant_hits["birch"]) > 2  # polled again while it was not ready
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "state", "reason"),
+    [
+        ("stale", "stale", "serves build"),
+        ("wedged", "unhealthy", "healthz answered HTTP 503"),
+        ("unreachable", "unreachable", "healthz: connection closed without an answer"),
+    ],
+)
+def test_each_failing_state_is_classified_and_fails_the_step(start, verify, behaviour, state, reason):
+    sb = start(deployed("acme", f"cobalt:{behaviour}"))
+    run = verify(sb, "--verify-timeout-seconds", "1.5")
+    assert run.code == 1
+    cobalt = next(t for t in run.report["verify"]["tenants"] if t["slug"] == "cobalt")
+    assert cobalt["state"] == state and reason in cobalt["reason"]
+    assert run.outputs["failed-count"] == "1" and run.outputs["verified-count"] == "1"
+    errors = run.errors()
+    assert len(errors) == 1 and "cobalt" in errors[0] and state in errors[0]
+    assert f"| `cobalt` | {state} |" in run.summary
+
+
+def test_verify_reads_the_rollouts_report_and_extends_it(start, verify, tmp_path, capsys, monkeypatch):
+    sb = start("incident")
+    path = str(tmp_path / "report.json")
+    rolled = run_step(
+        rollout_main,
+        ["--cp-url", sb.url, "--target-tag", TAG, "--canary-slug", "acme", "--soak-seconds", "0",
+         "--max-stragglers", "1", "--report", path],
+        tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token,
+    )  # fmt: skip
+    assert rolled.code == 0
+    run = verify(sb, report=path)
+    assert run.code == 0
+    assert run.report["rollout"]["verdict"] == "shipped-with-quarantine"  # the rollout's part is kept
+    assert run.report["verify"]["counts"]["verified"] == 7
+    assert states(run)["reno-stars"] == "quarantined"
+    assert run.report["ok"] is True
+    assert [c["method"] for c in sb.cp_calls].count("GET") == 1  # the fleet came from the report
+
+
+def test_verify_refuses_a_report_whose_rollout_failed(start, verify, tmp_path):
+    sb = start(deployed("acme"))
+    path = tmp_path / "failed.json"
+    path.write_text(
+        json.dumps({"schema_version": 1, "ok": False, "rollout": {"ok": False, "verdict": "systemic", "message": "x"}})
+    )
+    run = verify(sb, report=str(path))
+    assert run.code == 2 and "did not ship" in run.report["verify"]["message"]
+    assert not any(sb.tenant_hits.values())
+
+
+def test_progress_lines_while_waiting(start, verify, monkeypatch):
+    monkeypatch.setattr(poll, "PROGRESS_EVERY", 0.3)
+    spec = deployed("acme", "birch")
+    spec["tenants"][1].update(behaviour="slow", ready_after=1.2)
+    sb = start(spec)
+    run = verify(sb, "--verify-timeout-seconds", "10")
+    assert run.code == 0
+    assert "verified 1/2, waiting on 1, " in run.log
+
+
+def test_summary_escapes_untrusted_reasons():
+    seen = {
+        "acme": verdict.Seen("unhealthy", "buildinfo said <img src=x> | ::error::boom\r\n## [x](y) `z`"),
+        "birch": verdict.Seen("verified", None, SHA),
+    }
+    text = verify_summary.render(False, "1 failed", seen, verdict.counts(seen))
+    row = next(line for line in text.splitlines() if line.startswith("| `acme`"))
+    assert row.count(" | ") == 2  # the reason did not add cells
+    assert "<img" not in text and "&lt;img src=x&gt;" in row
+    assert "\\|" in row and "\\`z\\`" in row and "\\[x\\]" in row
+    assert "::" not in text and "##[" not in text
+    assert "\r" not in text and text.count("\n") == len(text.splitlines()) - 1 + text.endswith("\n")
+
+
+def test_classify_follows_the_verdict_table():
+    ok = Reply(status=200, body=json.dumps({"git_sha": SHA.upper(), "x": 1}).encode())
+    assert verdict.classify(Reply(status=204), ok, SHA[:7]).state == "verified"
+    assert verdict.classify(Reply(status=200), ok, "abcdef0").state == "stale"
+    assert verdict.classify(Reply(status=302), ok, SHA).reason == "healthz answered HTTP 302 (redirect, not followed)"
+    assert verdict.classify(Reply(error="timed out"), ok, SHA).state == "unreachable"
+    for build, why in [
+        (Reply(status=500), "buildinfo answered HTTP 500"),
+        (Reply(status=200, body=b"<html>"), "not JSON"),
+        (Reply(status=200, body=b'{"sha": "abc"}'), "git_sha"),
+        (Reply(status=200, body=b'{"git_sha": "abc", "git_sha": "def"}'), "duplicate key"),
+    ]:
+        seen = verdict.classify(Reply(status=200), build, SHA)
+        assert seen.state == "unhealthy" and why in seen.reason
