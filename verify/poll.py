@@ -4,6 +4,7 @@ tenant is next due. A tenant is done once verified; the poll ends when all are, 
 from __future__ import annotations
 
 import heapq
+import queue
 import random
 import threading
 import time
@@ -53,6 +54,7 @@ def poll(
     open_count = [len(slugs)]
 
     def work() -> None:
+        companion = _Companion()
         while not done.is_set():
             with lock:
                 while due and due[0][0] > time.monotonic() and not done.is_set():
@@ -61,7 +63,7 @@ def poll(
                     return
                 _, order, slug = heapq.heappop(due)
             began = time.monotonic()
-            seen = _look(tenants, urls[slug], expected_sha, deadline)
+            seen = _look(tenants, urls[slug], expected_sha, deadline, companion)
             with lock:
                 if time.monotonic() <= deadline or slug not in fleet.seen:
                     fleet.seen[slug] = seen
@@ -99,9 +101,27 @@ def poll(
         return Fleet(fleet.slugs, dict(fleet.seen), fleet.polls)
 
 
-def _look(tenants: Tenants, base: str, expected_sha: str, deadline: float) -> Seen:
+class _Companion:
+    """A second thread per worker, so a tenant's healthz and buildinfo are fetched side by side."""
+
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._inbox.get()
+            self._outbox.put(job())
+
+    def start(self, job: Callable[[], object]) -> None:
+        self._inbox.put(job)
+
+    def result(self):
+        return self._outbox.get()
+
+
+def _look(tenants: Tenants, base: str, expected_sha: str, deadline: float, companion: _Companion) -> Seen:
+    companion.start(lambda: tenants.get(base + "/buildinfo", deadline))
     health = tenants.get(base + "/healthz", deadline)
-    settled = verdict.classify_health(health)
-    if settled:
-        return settled
-    return verdict.classify(health, tenants.get(base + "/buildinfo", deadline), expected_sha)
+    return verdict.classify(health, companion.result(), expected_sha)
