@@ -27,12 +27,17 @@ def _parser() -> argparse.ArgumentParser:
         "'tenants' (slug, behaviour: healthy|wedged|slow|stale|flapping|unreachable), and optionally "
         "'fleet', 'latency_ms', 'deployed_tag', 'token' and 'control_plane' faults.",
     )
-    parser.add_argument("--scenario", required=True, metavar="NAME_OR_FILE",
-                        help="a preset name (e.g. incident) or the path of a scenario YAML file")
+    parser.add_argument(
+        "--scenario",
+        required=True,
+        metavar="NAME_OR_FILE",
+        help="a preset name (e.g. incident) or the path of a scenario YAML file",
+    )
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--url-file", metavar="PATH",
-                        help="also write the base URL to this file once the sandbox is listening")
+    parser.add_argument(
+        "--url-file", metavar="PATH", help="also write the base URL to this file once the sandbox is listening"
+    )
     return parser
 
 
@@ -74,7 +79,7 @@ def _describe(sb: Sandbox) -> list[str]:
         calls = {"redeploy": "redeploy calls", "list": "fleet listings", "both": "all CP calls"}[fault["on"]]
         lines.append(f"  control plane fault: {fault['fault']} on {calls}")
     lines += [
-        f"  try:   curl -H \"Authorization: Bearer $CP_TOKEN\" {sb.url}/cp/admin/tenants",
+        f'  try:   curl -H "Authorization: Bearer $CP_TOKEN" {sb.url}/cp/admin/tenants',
         f"  state: curl {sb.url}{STATE_PATH}",
         "Stop with Ctrl-C.",
     ]

@@ -25,8 +25,16 @@ DEFAULT_SLOW_SECONDS = 3.0
 DEFAULT_FLEET_PREFIX = "tenant-"
 
 TOP_KEYS = (
-    "name", "description", "token", "latency_ms", "old_sha", "old_tag", "deployed_tag",
-    "tenants", "fleet", "control_plane",
+    "name",
+    "description",
+    "token",
+    "latency_ms",
+    "old_sha",
+    "old_tag",
+    "deployed_tag",
+    "tenants",
+    "fleet",
+    "control_plane",
 )
 TENANT_KEYS = ("slug", "behaviour", "ready_after", "cp_verified")
 FLEET_KEYS = ("count", "prefix", "behaviour", "ready_after", "cp_verified")
@@ -117,11 +125,11 @@ class _Checker:
             "slug": value["slug"],
             "behaviour": self.choice(behaviour, f"{where}.behaviour", BEHAVIOURS, "healthy"),
             "ready_after": self.number(
-                value.get("ready_after", defaults.get("ready_after")), f"{where}.ready_after",
+                value.get("ready_after", defaults.get("ready_after")),
+                f"{where}.ready_after",
                 DEFAULT_READY_AFTER,
             ),
-            "cp_verified": self.flag(value.get("cp_verified", defaults.get("cp_verified")),
-                                     f"{where}.cp_verified"),
+            "cp_verified": self.flag(value.get("cp_verified", defaults.get("cp_verified")), f"{where}.cp_verified"),
         }
 
 
@@ -177,8 +185,7 @@ def normalize(doc: Any, source: str = "scenario", name: str = "") -> dict:
         "control_plane": {
             "fault": check.choice(cp.get("fault"), "control_plane.fault", FAULTS, "none"),
             "on": check.choice(cp.get("on"), "control_plane.on", FAULT_TARGETS, "redeploy"),
-            "slow_seconds": check.number(cp.get("slow_seconds"), "control_plane.slow_seconds",
-                                         DEFAULT_SLOW_SECONDS),
+            "slow_seconds": check.number(cp.get("slow_seconds"), "control_plane.slow_seconds", DEFAULT_SLOW_SECONDS),
             "missing": list(missing),
         },
     }
@@ -199,8 +206,7 @@ def load_scenario(scenario: str | os.PathLike | dict) -> dict:
         preset = PRESETS_DIR / f"{stem}.yml"
         if os.sep in text or "/" in text or not preset.is_file():
             raise ValueError(
-                f"unknown scenario {text!r}: no such file, and not a preset "
-                f"(presets: {', '.join(preset_names())})"
+                f"unknown scenario {text!r}: no such file, and not a preset (presets: {', '.join(preset_names())})"
             )
         path = preset
     try:

@@ -76,8 +76,17 @@ class _Tenant:
     """One tenant's state. Every method is called with the sandbox lock held."""
 
     __slots__ = (
-        "slug", "behaviour", "ready_after", "cp_verified", "serving", "pending", "ready_at",
-        "deployed_tag", "deployed_at", "redeploys", "flaps",
+        "slug",
+        "behaviour",
+        "ready_after",
+        "cp_verified",
+        "serving",
+        "pending",
+        "ready_at",
+        "deployed_tag",
+        "deployed_at",
+        "redeploys",
+        "flaps",
     )
 
     def __init__(self, spec: dict, old: _Build) -> None:
@@ -133,13 +142,25 @@ class _Tenant:
             verified = self.cp_verified
         else:
             verified = self.behaviour not in ("wedged", "unreachable")
-        result = {"slug": self.slug, "phase": phase, "ssm_status": "Success", "ssm_exit_code": 0,
-                  "healthz_ok": True, "verified_on_target": True, "error": None}
+        result = {
+            "slug": self.slug,
+            "phase": phase,
+            "ssm_status": "Success",
+            "ssm_exit_code": 0,
+            "healthz_ok": True,
+            "verified_on_target": True,
+            "error": None,
+        }
         if verified:
             return result
         if self.behaviour == "unreachable":
-            result.update(ssm_status="Undeliverable", ssm_exit_code=None, healthz_ok=None,
-                          verified_on_target=False, error="unreachable")
+            result.update(
+                ssm_status="Undeliverable",
+                ssm_exit_code=None,
+                healthz_ok=None,
+                verified_on_target=False,
+                error="unreachable",
+            )
         else:
             result.update(healthz_ok=False, verified_on_target=False, error="healthz timeout")
         return result
@@ -294,8 +315,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(sandbox._latency)
         extra: tuple[str, ...] = ()
         if not authorized:
-            status, content_type, payload = 401, JSON_TYPE, _json_bytes(
-                {"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"})
+            status, content_type, payload = (
+                401,
+                JSON_TYPE,
+                _json_bytes({"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"}),
+            )
             extra = ('WWW-Authenticate: Bearer realm="sandbox"',)
         elif path == LIST_PATH and self.command == "GET":
             status, content_type, payload = sandbox._list()
@@ -303,15 +327,25 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, payload = sandbox._redeploy(raw)
         elif path in (LIST_PATH, REDEPLOY_PATH):
             allowed = "GET" if path == LIST_PATH else "POST"
-            status, content_type, payload = 405, JSON_TYPE, _json_bytes(
-                {"error": f"{path} accepts {allowed} only"})
+            status, content_type, payload = 405, JSON_TYPE, _json_bytes({"error": f"{path} accepts {allowed} only"})
             extra = (f"Allow: {allowed}",)
         else:
-            status, content_type, payload = 404, JSON_TYPE, _json_bytes(
-                {"error": f"no such control plane path: {show(path)}"})
+            status, content_type, payload = (
+                404,
+                JSON_TYPE,
+                _json_bytes({"error": f"no such control plane path: {show(path)}"}),
+            )
         with sandbox._lock:
-            sandbox._calls.append({"method": self.command, "path": self.path, "body": body,
-                                   "authorized": authorized, "status": status, "time": arrived})
+            sandbox._calls.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "body": body,
+                    "authorized": authorized,
+                    "status": status,
+                    "time": arrived,
+                }
+            )
         self._send(status, content_type, payload, extra)
 
 
@@ -359,8 +393,9 @@ class Sandbox:
             with self._lock:
                 for tenant in self._tenants:
                     tenant.redeploy(build, now)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"sandbox:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox:{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -492,8 +527,9 @@ class Sandbox:
                 seen.add(slug)
             unknown = [s for s in body["slugs"] if s not in self._routes]
             if unknown:
-                raise ContractError("redeploy request rejected: slugs not in the fleet: "
-                                    + ", ".join(show(s) for s in unknown))
+                raise ContractError(
+                    "redeploy request rejected: slugs not in the fleet: " + ", ".join(show(s) for s in unknown)
+                )
             scope = list(body["slugs"])
         else:
             scope = list(self._routes)
@@ -515,8 +551,17 @@ class Sandbox:
         if body.get("dry_run", False):
             for slug in ([canary] if canary else []) + rest:
                 if slug not in hidden:
-                    results.append({"slug": slug, "phase": "plan", "ssm_status": None, "ssm_exit_code": None,
-                                    "healthz_ok": None, "verified_on_target": False, "error": None})
+                    results.append(
+                        {
+                            "slug": slug,
+                            "phase": "plan",
+                            "ssm_status": None,
+                            "ssm_exit_code": None,
+                            "healthz_ok": None,
+                            "verified_on_target": False,
+                            "error": None,
+                        }
+                    )
             return 200, {"ok": True, "results": results}
 
         build = self._build(body["target_tag"])
@@ -528,8 +573,7 @@ class Sandbox:
             if canary not in hidden:
                 results.append(result)
             if not result["verified_on_target"] and not lenient:
-                return 500, {"ok": False, "error": f"canary {canary} failed: {result['error']}",
-                             "results": results}
+                return 500, {"ok": False, "error": f"canary {canary} failed: {result['error']}", "results": results}
             if body.get("soak_seconds", 0):
                 self._stopping.wait(body["soak_seconds"])
 
@@ -549,8 +593,12 @@ class Sandbox:
                     if not result["verified_on_target"]:
                         stragglers.append(slug)
             if len(stragglers) > budget and not lenient:
-                return 500, {"ok": False, "error": f"{len(stragglers)} stragglers, max tolerated {budget}",
-                             "results": results, "stragglers": stragglers}
+                return 500, {
+                    "ok": False,
+                    "error": f"{len(stragglers)} stragglers, max tolerated {budget}",
+                    "results": results,
+                    "stragglers": stragglers,
+                }
         doc: dict[str, Any] = {"ok": True, "results": results}
         if stragglers and not lenient:
             doc["stragglers"] = stragglers

@@ -33,8 +33,7 @@ def sha1(text: str) -> str:
 
 def eight(**behaviours: str) -> dict:
     """The eight tenants of the presets, with some given a behaviour other than healthy."""
-    return {"tenants": [{"slug": s, "behaviour": behaviours.get(s.replace("-", "_"), "healthy")}
-                        for s in EIGHT]}
+    return {"tenants": [{"slug": s, "behaviour": behaviours.get(s.replace("-", "_"), "healthy")} for s in EIGHT]}
 
 
 @pytest.fixture
@@ -107,8 +106,9 @@ def test_presets_load_with_descriptions():
     assert large["tenants"][0]["slug"] == "tenant-0001" and large["tenants"][-1]["slug"] == "tenant-1000"
     assert [t["slug"] for t in load_scenario("canary-fails")["tenants"] if t["behaviour"] == "wedged"] == ["acme"]
     assert len([t for t in load_scenario("systemic")["tenants"] if t["behaviour"] == "wedged"]) == 3
-    assert [(t["slug"], t["ready_after"]) for t in load_scenario("slow")["tenants"]
-            if t["behaviour"] == "slow"] == [("dune", 3)]
+    assert [(t["slug"], t["ready_after"]) for t in load_scenario("slow")["tenants"] if t["behaviour"] == "slow"] == [
+        ("dune", 3)
+    ]
 
 
 def test_scenario_from_a_file_and_normalized_twice(tmp_path):
@@ -121,17 +121,20 @@ def test_scenario_from_a_file_and_normalized_twice(tmp_path):
     assert load_scenario(scenario) == scenario
 
 
-@pytest.mark.parametrize(("doc", "named"), [
-    ({"tenants": [{"slug": "a", "behaviour": "wedge"}]}, "tenants[0].behaviour"),
-    ({"tenants": [{"behaviour": "healthy"}]}, "slug"),
-    ({"tenant": []}, "'tenant'"),
-    ({"old_sha": "xyz"}, "old_sha"),
-    ({"latency_ms": -1}, "latency_ms"),
-    ({"control_plane": {"fault": "boom"}}, "control_plane.fault"),
-    ({"control_plane": {"fault": "missing_tenant", "missing": ["ghost"]}}, "ghost"),
-    ({"fleet": {"count": "many"}}, "fleet.count"),
-    ({"deployed_tag": 1234567}, "quote it"),
-])
+@pytest.mark.parametrize(
+    ("doc", "named"),
+    [
+        ({"tenants": [{"slug": "a", "behaviour": "wedge"}]}, "tenants[0].behaviour"),
+        ({"tenants": [{"behaviour": "healthy"}]}, "slug"),
+        ({"tenant": []}, "'tenant'"),
+        ({"old_sha": "xyz"}, "old_sha"),
+        ({"latency_ms": -1}, "latency_ms"),
+        ({"control_plane": {"fault": "boom"}}, "control_plane.fault"),
+        ({"control_plane": {"fault": "missing_tenant", "missing": ["ghost"]}}, "ghost"),
+        ({"fleet": {"count": "many"}}, "fleet.count"),
+        ({"deployed_tag": 1234567}, "quote it"),
+    ],
+)
 def test_bad_scenarios_are_refused_clearly(doc, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         load_scenario(doc)
@@ -150,8 +153,14 @@ def test_listing_in_scenario_order(start):
     response = cp(sb).get(sb.url + "/cp/admin/tenants", timeout=5)
     assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
     assert fleet_slugs(validate("fleet-listing", response.json(), "listing")) == EIGHT
-    assert sb.cp_calls[-1] | {"time": 0} == {"method": "GET", "path": "/cp/admin/tenants", "body": None,
-                                             "authorized": True, "status": 200, "time": 0}
+    assert sb.cp_calls[-1] | {"time": 0} == {
+        "method": "GET",
+        "path": "/cp/admin/tenants",
+        "body": None,
+        "authorized": True,
+        "status": 200,
+        "time": 0,
+    }
 
 
 def test_listing_serves_invalid_and_duplicate_slugs_as_given(start):
@@ -170,8 +179,9 @@ def test_control_plane_requires_the_bearer_token(start, header):
     sb = start("clean")
     headers = {"Authorization": header} if header else {}
     listing = requests.get(sb.url + "/cp/admin/tenants", headers=headers, timeout=5)
-    deploy = requests.post(sb.url + "/cp/admin/tenants/redeploy-fleet", json={"target_tag": TAG},
-                           headers=headers, timeout=5)
+    deploy = requests.post(
+        sb.url + "/cp/admin/tenants/redeploy-fleet", json={"target_tag": TAG}, headers=headers, timeout=5
+    )
     for response in (listing, deploy):
         assert response.status_code == 401
         assert response.json()["error"]
@@ -188,22 +198,26 @@ def test_custom_token(start):
     assert bad.status_code == 401
 
 
-@pytest.mark.parametrize(("body", "named"), [
-    (b"not json", "not JSON"),
-    (b"", "not JSON"),
-    (json.dumps({"canary_slug": "acme"}).encode(), "target_tag"),
-    (json.dumps({"target_tag": TAG, "slugs": []}).encode(), "slugs"),
-    (json.dumps({"target_tag": TAG, "slugs": ["Bad_Slug"]}).encode(), "Bad_Slug"),
-    (json.dumps({"target_tag": TAG, "batch_size": 0}).encode(), "batch_size"),
-    (json.dumps({"target_tag": TAG, "max_stragglers": "1"}).encode(), "max_stragglers"),
-    (json.dumps({"target_tag": TAG, "slugs": ["acme", "nowhere", "gone"]}).encode(), "'nowhere', 'gone'"),
-    (json.dumps({"target_tag": TAG, "slugs": ["acme", "acme"]}).encode(), "twice"),
-    (json.dumps({"target_tag": TAG, "canary_slug": "ghost"}).encode(), "ghost"),
-])
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"not json", "not JSON"),
+        (b"", "not JSON"),
+        (json.dumps({"canary_slug": "acme"}).encode(), "target_tag"),
+        (json.dumps({"target_tag": TAG, "slugs": []}).encode(), "slugs"),
+        (json.dumps({"target_tag": TAG, "slugs": ["Bad_Slug"]}).encode(), "Bad_Slug"),
+        (json.dumps({"target_tag": TAG, "batch_size": 0}).encode(), "batch_size"),
+        (json.dumps({"target_tag": TAG, "max_stragglers": "1"}).encode(), "max_stragglers"),
+        (json.dumps({"target_tag": TAG, "slugs": ["acme", "nowhere", "gone"]}).encode(), "'nowhere', 'gone'"),
+        (json.dumps({"target_tag": TAG, "slugs": ["acme", "acme"]}).encode(), "twice"),
+        (json.dumps({"target_tag": TAG, "canary_slug": "ghost"}).encode(), "ghost"),
+    ],
+)
 def test_bad_redeploy_body_is_400_and_changes_nothing(start, body, named):
     sb = start("clean")
-    response = cp(sb).post(sb.url + "/cp/admin/tenants/redeploy-fleet", data=body,
-                           headers={"Content-Type": "application/json"}, timeout=5)
+    response = cp(sb).post(
+        sb.url + "/cp/admin/tenants/redeploy-fleet", data=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert response.status_code == 400
     assert named in response.json()["error"]
     assert sb.cp_calls[-1]["status"] == 400
@@ -212,10 +226,12 @@ def test_bad_redeploy_body_is_400_and_changes_nothing(start, body, named):
 
 def test_unknown_paths_are_404_json(start):
     sb = start("clean")
-    for response in (cp(sb).get(sb.url + "/cp/admin/nothing", timeout=5),
-                     requests.get(sb.url + "/elsewhere", timeout=5),
-                     requests.get(sb.url + "/t/nobody/healthz", timeout=5),
-                     requests.get(sb.url + "/t/acme/metrics", timeout=5)):
+    for response in (
+        cp(sb).get(sb.url + "/cp/admin/nothing", timeout=5),
+        requests.get(sb.url + "/elsewhere", timeout=5),
+        requests.get(sb.url + "/t/nobody/healthz", timeout=5),
+        requests.get(sb.url + "/t/acme/metrics", timeout=5),
+    ):
         assert response.status_code == 404
         assert response.json()["error"]
     wrong_method = cp(sb).get(sb.url + "/cp/admin/tenants/redeploy-fleet", timeout=5)
@@ -234,8 +250,7 @@ def test_clean_redeploy_moves_every_tenant(start):
     assert "stragglers" not in doc
     assert [r["slug"] for r in doc["results"]] == EIGHT
     assert [r["phase"] for r in doc["results"]] == ["canary"] + ["batch"] * 7
-    assert all(r["verified_on_target"] and r["ssm_status"] == "Success" and r["error"] is None
-               for r in doc["results"])
+    assert all(r["verified_on_target"] and r["ssm_status"] == "Success" and r["error"] is None for r in doc["results"])
     for slug in EIGHT:
         assert buildinfo(sb, slug) == {"git_sha": NEW_SHA, "tag": TAG}
         assert healthz(sb, slug) == 200
@@ -249,8 +264,14 @@ def test_incident_within_budget_reports_the_straggler(start):
     assert response.status_code == 200 and doc["ok"] is True
     assert doc["stragglers"] == ["reno-stars"]
     assert by_slug(doc)["reno-stars"] == {
-        "slug": "reno-stars", "phase": "batch", "ssm_status": "Success", "ssm_exit_code": 0,
-        "healthz_ok": False, "verified_on_target": False, "error": "healthz timeout"}
+        "slug": "reno-stars",
+        "phase": "batch",
+        "ssm_status": "Success",
+        "ssm_exit_code": 0,
+        "healthz_ok": False,
+        "verified_on_target": False,
+        "error": "healthz timeout",
+    }
     assert len(doc["results"]) == 8
     assert healthz(sb, "reno-stars") == 503
     assert buildinfo(sb, "reno-stars")["git_sha"] == DEFAULT_OLD_SHA
@@ -337,9 +358,13 @@ def test_dry_run_plans_and_changes_nothing(start):
 
 
 def test_tenants_before_a_redeploy_are_healthy_on_the_old_build(start):
-    sb = start({"tenants": [{"slug": b, "behaviour": b} for b in
-                            ("wedged", "slow", "stale", "flapping", "unreachable")],
-                "old_sha": "ABCDEF0123456", "old_tag": "v1"})
+    sb = start(
+        {
+            "tenants": [{"slug": b, "behaviour": b} for b in ("wedged", "slow", "stale", "flapping", "unreachable")],
+            "old_sha": "ABCDEF0123456",
+            "old_tag": "v1",
+        }
+    )
     for slug in sb.slugs:
         assert [healthz(sb, slug) for _ in range(2)] == [200, 200]
         assert buildinfo(sb, slug) == {"git_sha": "abcdef0123456", "tag": "v1"}
@@ -378,8 +403,14 @@ def test_unreachable_tenant_drops_the_connection(start):
     assert healthz(sb, "harbor") == 200
     doc = redeploy(sb, max_stragglers=1).json()
     assert by_slug(doc)["harbor"] == {
-        "slug": "harbor", "phase": "batch", "ssm_status": "Undeliverable", "ssm_exit_code": None,
-        "healthz_ok": None, "verified_on_target": False, "error": "unreachable"}
+        "slug": "harbor",
+        "phase": "batch",
+        "ssm_status": "Undeliverable",
+        "ssm_exit_code": None,
+        "healthz_ok": None,
+        "verified_on_target": False,
+        "error": "unreachable",
+    }
     assert doc["stragglers"] == ["harbor"]
     for what in ("healthz", "buildinfo"):
         with pytest.raises(requests.ConnectionError):
@@ -389,13 +420,22 @@ def test_unreachable_tenant_drops_the_connection(start):
 
 
 def test_cp_verified_overrides_what_the_cp_reports(start):
-    sb = start({"tenants": [{"slug": "liar", "behaviour": "wedged", "cp_verified": True},
-                            {"slug": "pessimist", "cp_verified": False}]})
+    sb = start(
+        {
+            "tenants": [
+                {"slug": "liar", "behaviour": "wedged", "cp_verified": True},
+                {"slug": "pessimist", "cp_verified": False},
+            ]
+        }
+    )
     doc = redeploy(sb, max_stragglers=1).json()
     liar, pessimist = by_slug(doc)["liar"], by_slug(doc)["pessimist"]
     assert (liar["verified_on_target"], liar["healthz_ok"], liar["error"]) == (True, True, None)
     assert (pessimist["verified_on_target"], pessimist["healthz_ok"], pessimist["error"]) == (
-        False, False, "healthz timeout")
+        False,
+        False,
+        "healthz timeout",
+    )
     assert doc["stragglers"] == ["pessimist"]
     assert healthz(sb, "liar") == 503 and buildinfo(sb, "liar")["git_sha"] == DEFAULT_OLD_SHA
     assert healthz(sb, "pessimist") == 200 and buildinfo(sb, "pessimist")["git_sha"] == NEW_SHA
@@ -450,8 +490,10 @@ def test_fault_http_500(start):
 
 def test_fault_html_error_on_both_calls(start):
     sb = start(faulty("html_error", on="both"))
-    for response in (cp(sb).get(sb.url + "/cp/admin/tenants", timeout=5),
-                     cp(sb).post(sb.url + "/cp/admin/tenants/redeploy-fleet", json={"target_tag": TAG}, timeout=5)):
+    for response in (
+        cp(sb).get(sb.url + "/cp/admin/tenants", timeout=5),
+        cp(sb).post(sb.url + "/cp/admin/tenants/redeploy-fleet", json={"target_tag": TAG}, timeout=5),
+    ):
         assert response.status_code == 502
         assert response.headers["Content-Type"].startswith("text/html")
         assert b"<html>" in response.content
@@ -560,7 +602,11 @@ def test_cli_serves_until_sigterm(tmp_path):
     url_file = tmp_path / "url"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "--scenario", "incident", "--url-file", str(url_file)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         match = re.fullmatch(r"sandbox listening on (http://127\.0\.0\.1:(\d+))\n", first)
@@ -571,8 +617,7 @@ def test_cli_serves_until_sigterm(tmp_path):
                 break
             time.sleep(0.02)
         assert url_file.read_text() == url
-        listing = requests.get(url + "/cp/admin/tenants", headers={"Authorization": "Bearer sandbox-token"},
-                               timeout=5)
+        listing = requests.get(url + "/cp/admin/tenants", headers={"Authorization": "Bearer sandbox-token"}, timeout=5)
         assert fleet_slugs(listing.json()) == EIGHT
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
@@ -588,9 +633,11 @@ def test_cli_serves_until_sigterm(tmp_path):
 
 
 def test_cli_help_and_bad_scenario():
-    help_run = subprocess.run([sys.executable, "-m", "sandbox", "--help"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=30)
+    help_run = subprocess.run(
+        [sys.executable, "-m", "sandbox", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert help_run.returncode == 0 and "--scenario" in help_run.stdout and "incident" in help_run.stdout
-    bad = subprocess.run([sys.executable, "-m", "sandbox", "--scenario", "nope"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sandbox", "--scenario", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert bad.returncode == 2 and "unknown scenario 'nope'" in bad.stderr and bad.stdout == ""
