@@ -40,9 +40,12 @@ class StepRun:
 
 
 def parse_outputs(text: str) -> dict[str, str]:
+    """GITHUB_OUTPUT as a runner reads it: `name<<delimiter` blocks, lines split on \\n only."""
     outputs: dict[str, str] = {}
-    lines = iter(text.splitlines())
+    lines = iter(text.split("\n"))
     for line in lines:
+        if not line:
+            continue
         name, _, delimiter = line.partition("<<")
         value = []
         for inner in lines:
@@ -73,7 +76,7 @@ def run_step(main, argv: list[str], *, tmp_path: Path, capsys, monkeypatch, toke
         if path.exists():
             report = json.loads(path.read_text())
             contract.validate("report", report, "report")
-    return StepRun(code, log, parse_outputs(out.read_text()), summary.read_text(), report)
+    return StepRun(code, log, parse_outputs(out.read_bytes().decode()), summary.read_text(), report)
 
 
 def bodies(sandbox, kind: str | None = None) -> list[dict]:
