@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fleet import runner
 from fleet.contract import ContractError, show
 
 ENV_PREFIX = "GHA_FLEET_"
@@ -50,6 +51,22 @@ INPUTS: dict[str, Input] = {
         Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
     )
 }
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    from_env: bool  # run by action.yml
+    values: dict[str, str]
+    token: str
+
+
+def read(prog: str, description: str, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
+    """A step's inputs from its flags (or the action's variables) and the token from CP_TOKEN, which
+    is registered for masking and scrubbing before anything is printed."""
+    args = parser(prog, description, names).parse_args(argv)
+    token = os.environ.get("CP_TOKEN", "")
+    runner.register_secret(token)
+    return StepInputs(args.from_env, gather(args, names), token)
 
 
 def env_name(name: str) -> str:

@@ -14,6 +14,9 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping
 
+# Exit codes of both steps.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
+
 _SECRETS: list[str] = []
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from fleet import inputs, report, runner
 from fleet.contract import ContractError
 from fleet.cp import ControlPlane, CPError
+from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
 from rollout import drive, summary
 from rollout.coverage import STRAGGLER
 from rollout.plan import Plan, Settings, make_plan, plan_record, settings_from
@@ -20,19 +21,16 @@ NAMES = (
     "allow-http", "ca-bundle",
 )  # fmt: skip
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = inputs.parser(
+    step = inputs.read(
         "python -m rollout",
         "Roll a build out across the fleet through the control plane: the canary first, then batches, "
         "quarantining up to max-stragglers tenants that fail.",
         NAMES,
-    ).parse_args(argv)
-    values = inputs.gather(args, NAMES)
-    token = os.environ.get("CP_TOKEN", "")
-    runner.register_secret(token)
+        argv,
+    )
+    values, token = step.values, step.token
     report_path = values["report"] or report.default_path()
     started = report.now()
 
@@ -45,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner.sigterm_stops():
             # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
-            settings = settings_from(values, os.environ, 1 if args.from_env else 0)
+            settings = settings_from(values, os.environ, 1 if step.from_env else 0)
             if not token:
                 raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
             cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)

@@ -15,20 +15,6 @@ EIGHT = ("acme", "birch", "cobalt", "dune", "reno-stars", "ember", "fjord", "har
 
 
 @pytest.fixture
-def start():
-    started = []
-
-    def _start(spec) -> Sandbox:
-        sb = Sandbox(spec).start()
-        started.append(sb)
-        return sb
-
-    yield _start
-    for sb in started:
-        sb.stop()
-
-
-@pytest.fixture
 def rollout(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", raising=False)
 

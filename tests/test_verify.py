@@ -17,20 +17,6 @@ from verify.cli import main
 
 
 @pytest.fixture
-def start():
-    started = []
-
-    def _start(spec) -> Sandbox:
-        sb = Sandbox(spec).start()
-        started.append(sb)
-        return sb
-
-    yield _start
-    for sb in started:
-        sb.stop()
-
-
-@pytest.fixture
 def verify(tmp_path, capsys, monkeypatch):
     def _run(sb: Sandbox, *flags: str, report: str | None = None):
         argv = [

@@ -3,7 +3,6 @@ control plane, the quarantine from --stragglers)."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from fleet import contract, http, inputs, report, runner
 from fleet.contract import ContractError, show
 from fleet.cp import ControlPlane, CPError
+from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
 from fleet.tenant import Tenants
 from verify import poll, summary, verdict
 from verify.verdict import Seen
@@ -21,7 +21,7 @@ NAMES = (
     "poll-interval-seconds", "concurrency", "cp-timeout-seconds", "report", "allow-http", "ca-bundle",
 )  # fmt: skip
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
+
 NAME_LIMIT = 10  # tenants named in the one-line error before "and N more"
 
 
@@ -72,15 +72,14 @@ def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = inputs.parser(
+    step = inputs.read(
         "python -m verify",
         "Verify the fleet: every tenant that was not quarantined must answer healthz 2xx and serve the "
         "expected build on buildinfo before the deadline.",
         NAMES,
-    ).parse_args(argv)
-    values = inputs.gather(args, NAMES)
-    token = os.environ.get("CP_TOKEN", "")
-    runner.register_secret(token)
+        argv,
+    )
+    values, token = step.values, step.token
     report_path = values["report"] or report.DEFAULT_NAME
     started = time.monotonic()
 
