@@ -1,0 +1,161 @@
+"""The contract's schemas accept what the contract allows and reject the rest, with errors that name
+the field and the offending value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import schemas
+from fleet import contract
+from fleet.contract import ContractError
+
+GOOD_RESULT = {
+    "slug": "acme", "phase": "canary", "ssm_status": "Success", "ssm_exit_code": 0,
+    "healthz_ok": True, "verified_on_target": True, "error": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", schemas.NAMES)
+def test_every_schema_is_valid_2020_12(name):
+    doc = schemas.load(name)
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    contract._validator(name).check_schema(doc)
+
+
+@pytest.mark.parametrize("slug", ["acme", "reno-stars", "a", "0", "a1-b2", "x" * 63])
+def test_valid_slugs(slug):
+    assert contract.is_slug(slug)
+    assert contract.fleet_slugs({"tenants": [{"slug": slug}]}) == [slug]
+
+
+@pytest.mark.parametrize(
+    "slug",
+    ["evil.example.com/x", "Reno", "a--", "-a", "a-", "acme\n", "\nacme", "", "x" * 64, "a b", "ácme", "a_b", 7],
+)
+def test_invalid_slugs_are_rejected_by_schema_and_code_alike(slug):
+    assert not contract.is_slug(slug)
+    with pytest.raises(ContractError) as err:
+        contract.fleet_slugs({"tenants": [{"slug": "ok"}, {"slug": slug}]})
+    message = str(err.value)
+    assert "tenants[1].slug" in message
+    assert "\n" not in message  # the offending value is escaped
+    assert contract.show(slug) in message
+
+
+def test_a_double_dash_inside_is_a_valid_dns_label_but_a_trailing_one_is_not():
+    assert contract.is_slug("a--b") and not contract.is_slug("a--")
+
+
+def test_duplicate_slugs_are_rejected():
+    with pytest.raises(ContractError, match="duplicate slug 'acme'"):
+        contract.fleet_slugs({"tenants": [{"slug": "acme"}, {"slug": "birch"}, {"slug": "acme"}]})
+
+
+def test_extra_fields_are_allowed_everywhere():
+    contract.fleet_slugs({"tenants": [{"slug": "acme", "plan": "pro"}], "next": None})
+    contract.validate(
+        "redeploy-response",
+        {"ok": True, "results": [GOOD_RESULT | {"region": "eu"}], "took_ms": 3},
+        "answer",
+    )
+    contract.validate("buildinfo", {"git_sha": "ABCDEF0", "built_at": "today"}, "buildinfo")
+
+
+def test_optional_result_fields_may_be_missing_or_null():
+    minimal = {"slug": "acme", "verified_on_target": False}
+    nulls = {**minimal, "phase": None, "ssm_status": None, "ssm_exit_code": None, "healthz_ok": None, "error": None}
+    doc = {
+        "ok": False,
+        "error": "canary failed",
+        "results": [minimal, nulls | {"slug": "birch"}],
+        "stragglers": ["acme"],
+    }
+    assert contract.validate("redeploy-response", doc, "answer") is doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "why"),
+    [
+        ({"ok": True, "results": [{"slug": "acme"}]}, "results[0]", "missing required field 'verified_on_target'"),
+        ({"ok": True, "results": [{"verified_on_target": True}]}, "results[0]", "missing required field 'slug'"),
+        ({"ok": "yes", "results": []}, "ok", "must be of type boolean"),
+        ({"ok": True, "results": {}}, "results", "must be of type array"),
+        ({"ok": True, "results": [GOOD_RESULT | {"verified_on_target": "true"}]}, "results[0].verified_on_target",
+         "must be of type boolean"),
+        ({"ok": True, "results": [GOOD_RESULT | {"ssm_exit_code": "0"}]}, "results[0].ssm_exit_code",
+         "must be of type"),
+        ({"ok": True, "results": [GOOD_RESULT | {"phase": "rollback"}]}, "results[0].phase", "fails enum"),
+        ({"ok": True, "results": [], "stragglers": ["Reno"]}, "stragglers[0]", "not a valid slug"),
+        ({"results": []}, "(top level)", "missing required field 'ok'"),
+    ],
+)  # fmt: skip
+def test_rejected_redeploy_answers_name_the_field(doc, field, why):
+    with pytest.raises(ContractError) as err:
+        contract.validate("redeploy-response", doc, "redeploy answer rejected")
+    assert str(err.value).startswith(f"redeploy answer rejected: {field} ")
+    assert why in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target_tag": "v1", "slugs": []},
+        {"target_tag": ""},
+        {"canary_slug": "acme"},
+        {"target_tag": "v1", "batch_size": 0},
+        {"target_tag": "v1", "soak_seconds": -1},
+        {"target_tag": "v1", "max_stragglers": 1.5},
+        {"target_tag": "v1", "dry_run": "false"},
+        {"target_tag": "v1", "canary_slug": "Acme"},
+        {"target_tag": "v1", "slugs": ["acme", "evil.example.com/x"]},
+    ],
+)
+def test_redeploy_requests_that_break_the_contract_are_not_sent(body):
+    with pytest.raises(ContractError):
+        contract.validate("redeploy-request", body, "redeploy request not sent")
+
+
+def test_a_full_redeploy_request_is_accepted():
+    body = {
+        "target_tag": "sha-0a1b2c3", "canary_slug": "", "soak_seconds": 0, "batch_size": 3, "dry_run": False,
+        "max_stragglers": 0, "slugs": ["acme"],
+    }  # fmt: skip
+    contract.validate("redeploy-request", body, "request")
+
+
+@pytest.mark.parametrize(
+    "doc", [{}, {"git_sha": 1234567}, {"git_sha": "xyz1234"}, {"git_sha": "abc"}, {"git_sha": "abcdef0\n"}]
+)
+def test_bad_buildinfo(doc):
+    with pytest.raises(ContractError):
+        contract.validate("buildinfo", doc, "buildinfo")
+
+
+def test_long_offending_values_are_truncated():
+    with pytest.raises(ContractError) as err:
+        contract.fleet_slugs({"tenants": [{"slug": "Z" * 500}]})
+    assert len(str(err.value)) < 200 and "..." in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"ok": true, "ok": false}', "duplicate key 'ok'"),
+        (b'{"n": NaN}', "non-standard JSON constant NaN"),
+        (b'{"n": -Infinity}', "non-standard JSON constant -Infinity"),
+        (b"<html><body>502</body></html>", "body is not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_strict_json(body, why):
+    with pytest.raises(ContractError, match=why):
+        contract.parse_json(body, "answer")
+
+
+def test_report_schema_accepts_a_minimal_failure_report():
+    contract.validate("report", {"schema_version": 1, "ok": False, "message": "cp-url is required"}, "report")
+    with pytest.raises(ContractError):
+        contract.validate("report", {"schema_version": 1, "ok": True, "stragglers": []}, "report")
+    json.dumps(schemas.load("report"))
