@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
 
     doc: dict | None = None
+    polled: poll.Fleet | None = None
+    scope: list[str] = []
     write_to = report_path
     seen: dict[str, Seen] = {}
     counts: dict[str, int] | None = None
@@ -122,17 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for slug in stragglers:
                 runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
             seen = {slug: verdict.quarantined() for slug in scope if slug in held}
-            state = poll.poll(
-                tenants, targets, expected, timeout=timeout, interval=interval, concurrency=concurrency,
+            polled = poll.Fleet(targets, {})
+            poll.poll(
+                tenants, polled, expected, timeout=timeout, interval=interval, concurrency=concurrency,
                 progress=_progress,
             )  # fmt: skip
-            seen = {slug: state.seen.get(slug) or seen[slug] for slug in scope}
+            seen = {slug: polled.seen.get(slug) or seen[slug] for slug in scope}
             counts = verdict.counts(seen)
     except (ContractError, CPError) as exc:
         failure = str(exc)
         code = EXIT_BAD_INPUT if isinstance(exc, ContractError) else EXIT_FAILED
     except runner.Terminated as exc:
-        failure, code = f"verify {exc} before the deadline; verdicts are partial", EXIT_TERMINATED
+        failure, code = f"{exc} before the deadline; verdicts are partial", EXIT_TERMINATED
+        if polled is not None:
+            stopped = Seen(verdict.UNREACHABLE, "not verified before the step was stopped")
+            seen = {slug: polled.seen.get(slug) or seen.get(slug) or stopped for slug in scope}
+            counts = verdict.counts(seen)
 
     failing = [(slug, s) for slug, s in seen.items() if s.state in verdict.FAILING]
     ok = failure is None and not failing

@@ -33,7 +33,7 @@ class Fleet:
 
 def poll(
     tenants: Tenants,
-    slugs: list[str],
+    fleet: Fleet,
     expected_sha: str,
     *,
     timeout: float,
@@ -41,11 +41,12 @@ def poll(
     concurrency: int,
     progress: Callable[[Fleet, float], None] = lambda fleet, left: None,
 ) -> Fleet:
-    """Poll until every tenant is verified or `timeout` passes. A tenant that never answered before
-    the deadline is unreachable."""
+    """Poll `fleet.slugs` until every one is verified or `timeout` passes, recording each tenant's
+    latest verdict in `fleet.seen` as it goes (so a caller stopped part-way still has them). A tenant
+    that never answered before the deadline is unreachable."""
     start = time.monotonic()
     deadline = start + timeout
-    fleet = Fleet(list(slugs), {})
+    slugs = fleet.slugs
     urls = {slug: tenants.base(slug) for slug in slugs}
     due = [(start, i, slug) for i, slug in enumerate(slugs)]
     heapq.heapify(due)
@@ -65,6 +66,8 @@ def poll(
             began = time.monotonic()
             seen = _look(tenants, urls[slug], expected_sha, deadline, companion)
             with lock:
+                if done.is_set():
+                    return  # the poll is over: a late answer changes nothing
                 if time.monotonic() <= deadline or slug not in fleet.seen:
                     fleet.seen[slug] = seen
                 fleet.polls += 1
@@ -92,13 +95,12 @@ def poll(
                     progress(fleet, max(0.0, deadline - time.monotonic()))
                 next_progress += PROGRESS_EVERY
     finally:
-        done.set()
         with lock:
+            done.set()
             lock.notify_all()
-    with lock:
-        for slug in slugs:
-            fleet.seen.setdefault(slug, Seen(verdict.UNREACHABLE, "no answer before the deadline"))
-        return Fleet(fleet.slugs, dict(fleet.seen), fleet.polls)
+    for slug in slugs:
+        fleet.seen.setdefault(slug, Seen(verdict.UNREACHABLE, "no answer before the deadline"))
+    return fleet
 
 
 class _Companion:
