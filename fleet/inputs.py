@@ -105,10 +105,24 @@ def gather(args: argparse.Namespace, names: Sequence[str], environ: Mapping[str,
 # -- typed readers -----------------------------------------------------------------------------
 
 
-def integer(name: str, text: str, minimum: int = 0) -> int:
-    if not re.fullmatch(r"\d{1,9}", text) or int(text) < minimum:
-        raise ContractError(f"{name} must be an integer >= {minimum}: got {show(text)}")
+def integer(name: str, text: str, minimum: int = 0, maximum: int | None = None) -> int:
+    if not re.fullmatch(r"\d{1,9}", text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
+        span = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise ContractError(f"{name} must be an integer {span}: got {show(text)}")
     return int(text)
+
+
+MAX_CONCURRENCY = 512  # two threads per tenant polled at once
+
+
+def verify_limits(values: Mapping[str, str]) -> tuple[float, float, int]:
+    """verify-timeout-seconds, poll-interval-seconds and concurrency, checked (the rollout checks them
+    too, so a typo fails before the fleet moves)."""
+    return (
+        seconds("verify-timeout-seconds", values["verify-timeout-seconds"]),
+        seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
+        integer("concurrency", values["concurrency"], minimum=1, maximum=MAX_CONCURRENCY),
+    )
 
 
 def seconds(name: str, text: str, minimum: float = 0.0) -> float:

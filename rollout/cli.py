@@ -18,7 +18,7 @@ from rollout.plan import Plan, Settings, make_plan, plan_record, settings_from
 NAMES = (
     "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
     "max-stragglers", "mode", "slugs", "dry-run", "poll-interval-seconds", "cp-timeout-seconds", "report",
-    "allow-http", "ca-bundle",
+    "allow-http", "ca-bundle", "verify-timeout-seconds", "concurrency",
 )  # fmt: skip
 
 

@@ -92,6 +92,8 @@ def healthz_watch(settings: Settings) -> SoakWatch:
             if left <= 0:
                 return None
             time.sleep(min(settings.poll_interval, left))
+            if time.monotonic() >= end:  # the soak is over; the last poll was its final word
+                return None
 
     return watch
 

@@ -92,6 +92,8 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str], budget_
     if template:
         http.check_url(template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
     sha = values["expected-sha"]
+    if "concurrency" in values:
+        inputs.verify_limits(values)  # verify's own inputs fail here, before the fleet moves
     return Settings(
         cp_url=http.check_url(values["cp-url"], "cp-url", allow_http),
         target_tag=tag,

@@ -248,3 +248,30 @@ def test_budget_rejects_what_is_not_a_count_or_percentage(text):
 
 def test_sandbox_tag_to_sha():
     assert sha_for_tag(TAG) == SHA
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "why"),
+    [
+        ("--concurrency", "0", "concurrency must be an integer from 1 to 512"),
+        ("--verify-timeout-seconds", "soon", "verify-timeout-seconds must be a number of seconds"),
+        ("--expected-sha", "abc", "expected-sha must be at least 7 hex digits"),
+    ],
+)
+def test_verify_inputs_fail_before_the_fleet_moves(start, rollout, flag, value, why):
+    sb = start("clean")
+    run = rollout(sb, flag, value)
+    assert run.code == 2 and why in run.report["message"]
+    assert sb.cp_calls == []
+
+
+def test_soak_that_stays_healthy_lets_the_batches_go(start, rollout):
+    sb = start(scenario("acme", "birch", "cobalt"))
+    run = rollout(
+        sb, "--canary-slug", "acme", "--soak-seconds", "1", "--poll-interval-seconds", "0.3",
+        "--tenant-url-template", sb.tenant_url_template,
+    )  # fmt: skip
+    assert run.code == 0, run.report["message"]
+    assert "soaking canary acme for 1 s" in run.log
+    assert len(sb.tenant_hits["acme"]) >= 3  # watched through the soak
+    assert len(bodies(sb)) == 2

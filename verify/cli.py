@@ -103,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             template = inputs.tenant_template(values["tenant-url-template"])
             if not template:
                 raise ContractError("tenant-url-template is required to verify")
-            timeout = inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"])
-            interval = inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05)
-            concurrency = inputs.integer("concurrency", values["concurrency"], minimum=1)
+            timeout, interval, concurrency = inputs.verify_limits(values)
             tenants = Tenants(
                 template,
                 allow_http=inputs.boolean("allow-http", values["allow-http"]),
