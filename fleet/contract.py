@@ -113,7 +113,7 @@ def _where(path: Iterable[Any]) -> str:
 
 
 def _reason(error: jsonschema.ValidationError) -> str:
-    if error.schema.get("title") == "slug" if isinstance(error.schema, dict) else False:
+    if isinstance(error.schema, dict) and error.schema.get("title") == "slug":
         return "is not a valid slug (must be a DNS label: a-z, 0-9, '-')"
     if error.validator == "required":
         missing = error.message.split(" is a required property")[0]

@@ -52,7 +52,7 @@ def render(
         (label, count[STRAGGLER]),
         ("Not attempted (old build)", count[NOT_ATTEMPTED]),
         ("Outcome unknown", count[UNKNOWN]),
-        ("Straggler budget", f"{plan.budget} (from {budget.source} {md(budget.text)!s})"),
+        ("Straggler budget", f"{plan.budget} (from {budget.source} {md(budget.text)})"),
     ]
     if settings.dry_run:
         rows.insert(1, ("Planned (dry run)", count[PLANNED]))
