@@ -12,6 +12,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 import schemas
+from fleet import runner
 
 # A DNS label, matched with fullmatch: '$' under re.match would accept a trailing newline.
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -26,6 +27,7 @@ class ContractError(ValueError):
 def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     """A value as a short, escaped, single-line literal for error messages."""
     text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+    text = runner.scrub(text)  # before truncating, so no prefix of a secret survives
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     # repr() already escapes control characters; json.dumps too, except inside repr fallbacks.
@@ -52,6 +54,16 @@ def parse_slug_list(text: str, what: str) -> list[str]:
             raise ContractError(f"{what}: slug {show(item)} is named twice")
         seen.add(item)
     return items
+
+
+def narrow(fleet: list[str], wanted: list[str], what: str = "slugs") -> list[str]:
+    """The fleet limited to `wanted`, in fleet order; a name the fleet does not list is an error."""
+    known = set(fleet)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise ContractError(f"{what} names tenants the control plane does not list: {', '.join(unknown)}")
+    keep = set(wanted)
+    return [s for s in fleet if s in keep]
 
 
 def unique_slugs(slugs: Iterable[str], what: str) -> list[str]:
@@ -88,6 +100,8 @@ def parse_json(body: bytes | str, what: str) -> Any:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except ContractError as exc:
         raise ContractError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise ContractError(f"{what}: JSON nested too deeply") from None
     except ValueError:
         raise ContractError(f"{what}: body is not JSON: {show(text.strip(), 60)}") from None
 

@@ -64,9 +64,29 @@ def read(prog: str, description: str, names: Sequence[str], argv: Sequence[str] 
     """A step's inputs from its flags (or the action's variables) and the token from CP_TOKEN, which
     is registered for masking and scrubbing before anything is printed."""
     args = parser(prog, description, names).parse_args(argv)
-    token = os.environ.get("CP_TOKEN", "")
+    raw = os.environ.get("CP_TOKEN", "")
+    runner.register_secret(raw)
+    # A pasted secret often ends in a newline; the token is what lies between the blanks.
+    token = raw.strip()
     runner.register_secret(token)
     return StepInputs(args.from_env, gather(args, names), token)
+
+
+def check_token(token: str) -> str:
+    if not token:
+        raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ContractError("CP_TOKEN holds whitespace or control characters inside it; it cannot be sent as a header")
+    return token
+
+
+def ca_bundle(text: str) -> str | None:
+    """A CA bundle that exists and can be read, or None for the default CA set."""
+    if not text:
+        return None
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ContractError(f"ca-bundle {show(text)} is not a readable file")
+    return text
 
 
 def env_name(name: str) -> str:

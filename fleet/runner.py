@@ -63,6 +63,14 @@ def md(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", line)
 
 
+def internal_error(exc: BaseException) -> str:
+    """One line for a failure nobody foresaw, safe to print."""
+    detail = plain(exc)
+    return (
+        f"internal error: {type(exc).__name__}: {detail[:200]}" if detail else f"internal error: {type(exc).__name__}"
+    )
+
+
 def _escape_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 

@@ -44,8 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with runner.sigterm_stops():
             # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
             settings = settings_from(values, os.environ, 1 if step.from_env else 0)
-            if not token:
-                raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
+            inputs.check_token(token)
             cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
             plan = make_plan(settings, cp.list_fleet())
             _log_plan(settings, plan)
@@ -57,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = str(exc)
     except runner.Terminated as exc:
         failure, code = f"rollout {exc}; tenants in the call under way have an unknown outcome", EXIT_TERMINATED
+    except Exception as exc:  # noqa: BLE001 - the report and outputs are still written
+        failure = runner.internal_error(exc)
     if result is not None and failure:
         result.fail(failure)
 

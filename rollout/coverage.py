@@ -41,8 +41,12 @@ def reason_of(result: dict[str, Any]) -> str:
     return ", ".join(parts) or "not verified on target"
 
 
-def assess(expected: list[str], answer: dict[str, Any], *, dry_run: bool = False) -> tuple[list[Outcome], list[str]]:
-    """Outcomes for the tenants one call covered, and notes on results outside them."""
+def assess(
+    expected: list[str], answer: dict[str, Any], *, dry_run: bool = False, may_halt: bool = False
+) -> tuple[list[Outcome], list[str]]:
+    """Outcomes for the tenants one call covered, and notes on results outside them. A tenant with no
+    result is a straggler; only when the call failed and the control plane may have halted before
+    reaching it (`may_halt`, a fleet call) is its outcome unknown."""
     results: dict[str, dict[str, Any]] = {}
     for result in answer["results"]:
         if result["slug"] in results:
@@ -57,10 +61,10 @@ def assess(expected: list[str], answer: dict[str, Any], *, dry_run: bool = False
         phase = result.get("phase") if result else None
         if dry_run:
             outcomes.append(Outcome(slug, PLANNED, phase, (result or {}).get("error")))
-        elif result is None and answer["ok"]:
-            outcomes.append(Outcome(slug, STRAGGLER, None, "no result from the control plane"))
-        elif result is None:
+        elif result is None and may_halt and not answer["ok"]:
             outcomes.append(Outcome(slug, UNKNOWN, None, "no result: the control plane reported failure"))
+        elif result is None:
+            outcomes.append(Outcome(slug, STRAGGLER, None, "no result from the control plane"))
         elif result["verified_on_target"] is not True:
             outcomes.append(Outcome(slug, STRAGGLER, phase, reason_of(result)))
         elif slug in claimed:

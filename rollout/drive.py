@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from fleet import runner
 from fleet.cp import ControlPlane
-from fleet.tenant import Tenants
+from fleet.tenant import REQUEST_SECONDS, Tenants
 from rollout import coverage
 from rollout import plan as planning
 from rollout.coverage import NOT_ATTEMPTED, SHIPPED, STRAGGLER, UNKNOWN, Outcome
@@ -83,7 +83,8 @@ def healthz_watch(settings: Settings) -> SoakWatch:
         url = tenants.base(slug) + "/healthz"
         end = time.monotonic() + seconds
         while True:
-            reply = tenants.get(url, min(end, time.monotonic() + max(settings.poll_interval, 1.0)))
+            # A poll started just before the soak ends still gets its full time to answer.
+            reply = tenants.get(url, time.monotonic() + REQUEST_SECONDS)
             if reply.error:
                 return f"healthz unreachable: {reply.error}"
             if not 200 <= (reply.status or 0) < 300:
@@ -136,6 +137,8 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
             outcomes, notes = coverage.assess(slugs, answer.document, dry_run=True)
             result.take(outcomes)
             result.notes.extend(notes)
+            if _rejected_plan(result, answer, kind):
+                return
         result.verdict = PLANNED
         result.message = f"dry run: {len(plan.scope)} tenants planned in {len(calls)} calls; nothing was deployed"
         return
@@ -199,10 +202,13 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
 
 def _run_fleet(settings: Settings, plan: Plan, cp: ControlPlane, result: Result) -> None:
     answer = _redeploy(cp, result, planning.fleet_body(settings, plan), "fleet", plan.scope)
-    outcomes, notes = coverage.assess(plan.scope, answer.document, dry_run=settings.dry_run)
+    # The control plane halts a failed fleet call part-way: tenants with no result may be untouched.
+    outcomes, notes = coverage.assess(plan.scope, answer.document, dry_run=settings.dry_run, may_halt=True)
     result.take(outcomes)
     result.notes.extend(notes)
     if settings.dry_run:
+        if _rejected_plan(result, answer, "fleet"):
+            return
         result.verdict = PLANNED
         result.message = f"dry run: {len(plan.scope)} tenants planned in 1 call; nothing was deployed"
         return
@@ -221,6 +227,15 @@ def _run_fleet(settings: Settings, plan: Plan, cp: ControlPlane, result: Result)
         result.message = f"control plane reported the fleet call failed: {_cp_error(answer.document)}"
         return
     _finish(settings, plan, result, spent)
+
+
+def _rejected_plan(result: Result, answer, kind: str) -> bool:
+    """A dry run the control plane answered with a failure fails too: its plan would not hold."""
+    if answer.document["ok"] and answer.status == 200:
+        return False
+    result.verdict = FAILED
+    result.message = f"control plane rejected the dry run's {kind} call: {_cp_error(answer.document)}"
+    return True
 
 
 def _finish(settings: Settings, plan: Plan, result: Result, spent: list[str]) -> None:

@@ -109,7 +109,7 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str], budget_
         poll_interval=inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
         cp_timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
         allow_http=allow_http,
-        ca_bundle=values["ca-bundle"] or None,
+        ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
     )
 
 
@@ -128,18 +128,10 @@ def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     """Scope, canary and batches from the validated fleet; unknown names fail before any call."""
     if not fleet:
         raise ContractError("the control plane lists no tenants: nothing to roll out")
-    known = set(fleet)
     notes: list[str] = []
-    if settings.slugs is not None:
-        unknown = [s for s in settings.slugs if s not in known]
-        if unknown:
-            raise ContractError(f"slugs names tenants the control plane does not list: {', '.join(unknown)}")
-        wanted = set(settings.slugs)
-        scope = [s for s in fleet if s in wanted]
-    else:
-        scope = list(fleet)
+    scope = contract.narrow(fleet, settings.slugs) if settings.slugs is not None else list(fleet)
     canary = settings.canary_slug
-    if canary and canary not in known:
+    if canary and canary not in fleet:
         raise ContractError(f"canary-slug {show(canary)} is not in the control plane's fleet")
     if canary and canary not in scope:
         notes.append(f"canary {canary} is outside the scope (slugs) and is not redeployed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 from fleet import markdown
+from fleet.inputs import INPUTS
 from fleet.runner import md
 from rollout import drive
 from rollout.coverage import NOT_ATTEMPTED, PLANNED, SHIPPED, STRAGGLER, UNKNOWN
@@ -30,6 +31,12 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
     ]  # fmt: skip
     if settings.tenant_url_template:
         args += ["--tenant-url-template", settings.tenant_url_template]
+    if settings.allow_http:
+        args += ["--allow-http", "true"]
+    if settings.ca_bundle:
+        args += ["--ca-bundle", settings.ca_bundle]
+    if settings.cp_timeout != float(INPUTS["cp-timeout-seconds"].default):
+        args += ["--cp-timeout-seconds", f"{settings.cp_timeout:g}"]
     return "CP_TOKEN=... " + shlex.join(args)
 
 

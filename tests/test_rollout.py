@@ -275,3 +275,44 @@ def test_soak_that_stays_healthy_lets_the_batches_go(start, rollout):
     assert "soaking canary acme for 1 s" in run.log
     assert len(sb.tenant_hits["acme"]) >= 3  # watched through the soak
     assert len(bodies(sb)) == 2
+
+
+def test_a_pasted_token_with_a_trailing_newline_works_and_a_broken_one_is_refused(start, rollout):
+    sb = start("clean")
+    assert rollout(sb, token=sb.token + "\n").code == 0
+    bad = rollout(sb, token="two words")
+    assert bad.code == 2 and "CP_TOKEN holds whitespace" in bad.report["message"]
+    assert "two words" not in bad.log and sb.cp_calls[-1]["method"] == "POST"  # the refused run sent nothing
+
+
+def test_a_missing_ca_bundle_fails_before_any_call(start, rollout, tmp_path):
+    sb = start("clean")
+    run = rollout(sb, "--ca-bundle", str(tmp_path / "nowhere.pem"))
+    assert run.code == 2 and "is not a readable file" in run.report["message"]
+    assert sb.cp_calls == []
+
+
+@pytest.mark.parametrize("mode", ["scoped", "fleet"])
+def test_a_dry_run_the_control_plane_rejects_fails(start, rollout, mode):
+    sb = start(scenario("acme", "birch", control_plane={"fault": "http_500"}))
+    run = rollout(sb, "--mode", mode, "--dry-run", "true")
+    assert run.code == 1 and run.outputs["ok"] == "false"
+    assert "internal error" in run.report["message"]
+
+
+def test_tenants_missing_from_a_failed_scoped_call_are_stragglers(start, rollout):
+    spec = scenario("a1:wedged", "a2", "a3", control_plane={"fault": "missing_tenant", "missing": ["a3"]})
+    sb = start(spec)
+    run = rollout(sb, "--batch-size", "3", "--max-stragglers", "0")
+    assert run.code == 1
+    assert run.report["stragglers"] == ["a1", "a3"]
+    assert "2 stragglers, max tolerated 0" in run.report["message"]
+
+
+def test_the_recovery_command_keeps_the_connection_settings(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--max-stragglers", "1", "--allow-http", "true", "--cp-timeout-seconds", "90")
+    assert run.code == 0
+    line = next(line for line in run.summary.splitlines() if line.startswith("CP_TOKEN=..."))
+    assert "--slugs reno-stars --max-stragglers 0" in line
+    assert "--allow-http true" in line and "--cp-timeout-seconds 90" in line

@@ -175,3 +175,21 @@ def test_classify_follows_the_verdict_table():
     ]:
         seen = verdict.classify(Reply(status=200), build, SHA)
         assert seen.state == "unhealthy" and why in seen.reason
+
+
+def test_an_answer_that_cannot_be_judged_costs_no_worker(start, verify, monkeypatch):
+    real = verdict.classify
+    sb = start(deployed("acme", "birch", "cobalt"))
+    calls = {"n": 0}
+
+    def flaky(health, build, expected):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RecursionError("nested too deeply")
+        return real(health, build, expected)
+
+    monkeypatch.setattr(verdict, "classify", flaky)
+    run = verify(sb, "--concurrency", "1", "--verify-timeout-seconds", "20")
+    # the first answer could not be judged; the same worker went on, polled it again, and all passed
+    assert run.code == 0, run.report["verify"]["message"]
+    assert calls["n"] >= 4

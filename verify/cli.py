@@ -49,25 +49,23 @@ def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -
                 f"the report's rollout did not ship ({show(rollout.get('verdict', 'no rollout'))}): nothing to verify"
             )
         scope = plan.get("scope") or []
+        for name in ("slugs", "stragglers"):
+            if values[name]:
+                runner.warning(f"--{name} is ignored: the scope and the quarantine come from the rollout's report")
         return list(scope), list(doc.get("stragglers", [])), "the rollout's report"
     if not values["cp-url"]:
         raise ContractError("verify needs the rollout's report (--report) or cp-url to list the fleet")
-    if not token:
-        raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
+    inputs.check_token(token)
     allow_http = inputs.boolean("allow-http", values["allow-http"])
     cp = ControlPlane(
         http.check_url(values["cp-url"], "cp-url", allow_http),
         token,
         timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
-        ca_bundle=values["ca-bundle"] or None,
+        ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
     )
     fleet = cp.list_fleet()
     if values["slugs"]:
-        wanted = contract.parse_slug_list(values["slugs"], "slugs")
-        unknown = [s for s in wanted if s not in set(fleet)]
-        if unknown:
-            raise ContractError(f"slugs names tenants the control plane does not list: {', '.join(unknown)}")
-        fleet = [s for s in fleet if s in set(wanted)]
+        fleet = contract.narrow(fleet, contract.parse_slug_list(values["slugs"], "slugs"))
     return fleet, parse_stragglers(values["stragglers"]), "the control plane's listing"
 
 
@@ -107,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tenants = Tenants(
                 template,
                 allow_http=inputs.boolean("allow-http", values["allow-http"]),
-                ca_bundle=values["ca-bundle"] or None,
+                ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
                 concurrency=concurrency,
             )
             scope, stragglers, source = scope_and_quarantine(values, doc, token)
@@ -138,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopped = Seen(verdict.UNREACHABLE, "not verified before the step was stopped")
             seen = {slug: polled.seen.get(slug) or seen.get(slug) or stopped for slug in scope}
             counts = verdict.counts(seen)
+    except Exception as exc:  # noqa: BLE001 - the report and outputs are still written
+        failure = runner.internal_error(exc)
 
     failing = [(slug, s) for slug, s in seen.items() if s.state in verdict.FAILING]
     ok = failure is None and not failing

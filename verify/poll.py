@@ -64,7 +64,10 @@ def poll(
                     return
                 _, order, slug = heapq.heappop(due)
             began = time.monotonic()
-            seen = _look(tenants, urls[slug], expected_sha, deadline, companion)
+            try:
+                seen = _look(tenants, urls[slug], expected_sha, deadline, companion)
+            except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
+                seen = Seen(verdict.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
             with lock:
                 if done.is_set():
                     return  # the poll is over: a late answer changes nothing
