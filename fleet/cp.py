@@ -103,10 +103,10 @@ class _Bearer(requests.auth.AuthBase):
     """Carries the token; passing auth explicitly also keeps ~/.netrc from replacing it."""
 
     def __init__(self, token: str) -> None:
-        self._token = token
+        self.token = token
 
     def __call__(self, request):
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        request.headers["Authorization"] = f"Bearer {self.token}"
         return request
 
     def __repr__(self) -> str:
@@ -134,6 +134,8 @@ class ControlPlane:
         self.retry = retry
         self.calls: list[dict[str, Any]] = []  # every call and its answer, for the report
         self._session = requests.Session()
+        for adapter in self._session.adapters.values():
+            http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
         self._session.auth = _Bearer(token)
         self._session.verify = ca_bundle or True
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
@@ -174,10 +176,24 @@ class ControlPlane:
         self.calls.append(record)
         return record
 
-    @staticmethod
-    def _fail(record: dict[str, Any], message: str) -> CPError:
+    def _fail(self, record: dict[str, Any], message: str) -> CPError:
+        message = self._redact(message)
         record["error"] = message
         return CPError(message)
+
+    def _redact(self, value: Any) -> Any:
+        """`value` with the token replaced, should the control plane echo it back (an error page that
+        quotes the request's headers): it then cannot reach a message, the report or the log."""
+        token = self._session.auth.token
+        if not token:
+            return value
+        if isinstance(value, str):
+            return value.replace(token, "***")
+        if isinstance(value, list):
+            return [self._redact(v) for v in value]
+        if isinstance(value, dict):
+            return {self._redact(k): self._redact(v) for k, v in value.items()}
+        return value
 
     def _status_message(self, method: str, path: str, status: int, doc: Any) -> str:
         said = ""
@@ -194,6 +210,9 @@ class ControlPlane:
             return (
                 f"control plane answered {method} {path} with a redirect (HTTP {status}); not followed with the token"
             )
+        if status in (502, 504):
+            # A gateway's error: the control plane behind it may have acted on the request all the same.
+            hint = self._unknown(method)
         return f"control plane answered {method} {path} with HTTP {status}{said}{hint}"
 
     def _call(self, record: dict[str, Any], method: str, path: str, body: dict | None) -> tuple[int, Any]:
@@ -210,7 +229,8 @@ class ControlPlane:
         except ContractError as exc:
             if 200 <= status < 300:
                 raise self._fail(record, str(exc)) from None
-            doc = _Unparsed(raw.decode("utf-8", "replace"))
+            doc = _Unparsed(self._redact(raw.decode("utf-8", "replace")))
+        doc = self._redact(doc)
         record["response"] = doc if not isinstance(doc, _Unparsed) else doc.text[:2000]
         return status, doc
 
@@ -222,16 +242,20 @@ class ControlPlane:
         while True:
             left = deadline - time.monotonic()
             try:
-                resp = self._session.request(
-                    method,
-                    url,
-                    json=body,
-                    timeout=(min(CONNECT_TIMEOUT, max(left, 0.01)), max(left, 0.01)),
-                    allow_redirects=False,
-                    stream=True,
-                    # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
-                    headers={"Connection": "close"},
-                )
+                with http.answer_by(deadline):
+                    resp = self._session.request(
+                        method,
+                        url,
+                        json=body,
+                        timeout=(min(CONNECT_TIMEOUT, max(left, 0.01)), max(left, 0.01)),
+                        allow_redirects=False,
+                        # Given per request: the session's own `verify` loses to REQUESTS_CA_BUNDLE or
+                        # CURL_CA_BUNDLE in the environment (psf/requests#3829), and ca-bundle with it.
+                        verify=self._session.verify,
+                        stream=True,
+                        # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
+                        headers={"Connection": "close"},
+                    )
             except requests.RequestException as exc:
                 if _never_opened(exc) and self._may_retry(attempt, start, deadline):
                     time.sleep(self.retry.delay(attempt))
@@ -239,15 +263,15 @@ class ControlPlane:
                     continue
                 raise CPError(self._transport_message(method, path, exc)) from None
             if self.retry.retry_status(method, resp.status_code):
-                wait = _retry_after(resp.headers.get("Retry-After"))
-                wait = self.retry.delay(attempt) if wait is None else wait
+                asked = _retry_after(resp.headers.get("Retry-After"))
+                wait = self.retry.delay(attempt) if asked is None else asked
                 resp.close()
                 left = min(deadline, start + self.retry.budget_seconds) - time.monotonic()
                 if wait > left:
-                    raise CPError(
-                        f"control plane answered {method} {path} with HTTP {resp.status_code}; "
-                        f"retry after {wait:.0f} s exceeds the {max(left, 0):.0f} s left"
-                    )
+                    said = f"still failing after {attempt + 1} attempts in {time.monotonic() - start:.0f} s"
+                    if asked is not None:
+                        said = f"Retry-After {wait:.0f} s exceeds the {max(left, 0):.0f} s left"
+                    raise CPError(f"control plane answered {method} {path} with HTTP {resp.status_code}; {said}")
                 time.sleep(wait)
                 attempt += 1
                 continue
@@ -274,10 +298,10 @@ class ControlPlane:
         if isinstance(exc, requests.ReadTimeout):
             if method == "POST":
                 return (
-                    f"no answer from the control plane within {self.timeout:.0f} s after POST {path} was sent"
+                    f"no answer from the control plane within {self.timeout:g} s after POST {path} was sent"
                     + self._unknown(method)
                 )
-            return f"control plane did not answer {method} {path} within {self.timeout:.0f} s"
+            return f"control plane did not answer {method} {path} within {self.timeout:g} s"
         if _never_opened(exc):
             return f"control plane unreachable at {self.url}: {_describe(exc)}"
         return f"control plane call {method} {path} failed: {_describe(exc)}{self._unknown(method)}"

@@ -3,9 +3,16 @@ and how a body is read within a deadline and a size cap."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import ipaddress
+import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
+
+import urllib3
 
 from fleet.contract import ContractError, show
 
@@ -43,6 +50,82 @@ def check_url(url: str, what: str, allow_http: bool) -> str:
             "use https, or opt in with allow-http"
         )
     return url.rstrip("/")
+
+
+_answer = threading.local()
+
+
+@contextlib.contextmanager
+def answer_by(deadline: float) -> Iterator[None]:
+    """Within the block, a response from a `bounded` pool manager must arrive whole (status line,
+    headers and body) by `deadline` (monotonic): each read waits only for the time left. A read
+    timeout alone restarts with every byte, so a server that drips its headers would never time out."""
+    previous = getattr(_answer, "deadline", None)
+    _answer.deadline = deadline
+    try:
+        yield
+    finally:
+        _answer.deadline = previous
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reader that gives each read only the time left before the deadline."""
+
+    def __init__(self, raw, sock, deadline: float) -> None:
+        self._raw, self._sock, self._deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not arrive before the deadline")
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What http.client's response asks of its socket (a reader), with the deadline applied."""
+
+    def __init__(self, sock, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def makefile(self, mode: str = "rb", *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self._sock.makefile("rb", buffering=0), self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, **kwargs) -> None:
+        deadline = getattr(_answer, "deadline", None)
+        super().__init__(sock if deadline is None else _DeadlineSocket(sock, deadline), *args, **kwargs)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def bounded(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+    """Make `manager`'s connections honour `answer_by`."""
+    manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+    return manager
 
 
 def _set_read_timeout(response, seconds: float) -> None:

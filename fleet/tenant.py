@@ -56,13 +56,15 @@ class Tenants:
     def __init__(self, template: str, *, allow_http: bool, ca_bundle: str | None, concurrency: int = 32) -> None:
         self.template = template
         self.allow_http = allow_http
-        self.pool = urllib3.PoolManager(
-            num_pools=1024,  # one per tenant host when each tenant has its own name
-            maxsize=max(2, 2 * concurrency),
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=ca_bundle or certifi.where(),
-            retries=False,
-            headers={"User-Agent": USER_AGENT},
+        self.pool = http.bounded(
+            urllib3.PoolManager(
+                num_pools=1024,  # one per tenant host when each tenant has its own name
+                maxsize=max(2, 2 * concurrency),
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=ca_bundle or certifi.where(),
+                retries=False,
+                headers={"User-Agent": USER_AGENT},
+            )
         )
 
     def base(self, slug: str) -> str:
@@ -76,14 +78,15 @@ class Tenants:
         if left <= 0:
             return Reply(error="no time left before the deadline")
         try:
-            resp = self.pool.request(
-                "GET",
-                url,
-                redirect=False,
-                preload_content=False,
-                timeout=urllib3.Timeout(connect=min(CONNECT_SECONDS, left), read=left),
-            )
-            body = http.read_body(resp, stop, http.MAX_TENANT_BODY)
+            with http.answer_by(stop):
+                resp = self.pool.request(
+                    "GET",
+                    url,
+                    redirect=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(connect=min(CONNECT_SECONDS, left), read=left),
+                )
+                body = http.read_body(resp, stop, http.MAX_TENANT_BODY)
         except http.BodyTooLarge:
             return Reply(status=resp.status, oversize=True)
         except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
