@@ -15,7 +15,7 @@ from typing import Any
 import requests
 import urllib3
 
-from fleet import contract, http
+from fleet import contract, http, runner
 from fleet.contract import ContractError, show
 
 LIST_PATH = "/cp/admin/tenants"
@@ -76,29 +76,6 @@ def _never_opened(exc: requests.RequestException) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
-    """A short cause for a transport failure, without URLs or headers."""
-    text = str(exc).lower()
-    for needle, words in (
-        ("refused", "connection refused"),
-        ("name or service not known", "host name not found"),
-        ("nodename nor servname", "host name not found"),
-        ("temporary failure in name resolution", "host name not found"),
-        ("certificate", "TLS certificate verification failed"),
-        ("ssl", "TLS handshake failed"),
-        ("reset", "connection reset"),
-        ("incompleteread", "answer truncated"),
-        ("incomplete", "answer truncated"),
-        ("remote end closed", "connection closed without an answer"),
-        ("remotedisconnected", "connection closed without an answer"),
-        ("aborted", "connection aborted"),
-        ("timed out", "timed out"),
-    ):
-        if needle in text:
-            return words
-    return type(exc).__name__
-
-
 class _Bearer(requests.auth.AuthBase):
     """Carries the token; passing auth explicitly also keeps ~/.netrc from replacing it."""
 
@@ -136,6 +113,7 @@ class ControlPlane:
         self._session = requests.Session()
         for adapter in self._session.adapters.values():
             http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
+        runner.register_secret(token)  # scrubbed from every message this client makes
         self._session.auth = _Bearer(token)
         self._session.verify = ca_bundle or True
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
@@ -181,18 +159,16 @@ class ControlPlane:
         record["error"] = message
         return CPError(message)
 
-    def _redact(self, value: Any) -> Any:
-        """`value` with the token replaced, should the control plane echo it back (an error page that
+    @staticmethod
+    def _redact(value: Any) -> Any:
+        """`value` with the token scrubbed, should the control plane echo it back (an error page that
         quotes the request's headers): it then cannot reach a message, the report or the log."""
-        token = self._session.auth.token
-        if not token:
-            return value
         if isinstance(value, str):
-            return value.replace(token, "***")
+            return runner.scrub(value)
         if isinstance(value, list):
-            return [self._redact(v) for v in value]
+            return [ControlPlane._redact(v) for v in value]
         if isinstance(value, dict):
-            return {self._redact(k): self._redact(v) for k, v in value.items()}
+            return {ControlPlane._redact(k): ControlPlane._redact(v) for k, v in value.items()}
         return value
 
     def _status_message(self, method: str, path: str, status: int, doc: Any) -> str:
@@ -281,7 +257,7 @@ class ControlPlane:
                 raise CPError(f"control plane answer to {method} {path}: {exc}{self._unknown(method)}") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise CPError(
-                    f"control plane answer to {method} {path} broke off: {_describe(exc)}{self._unknown(method)}"
+                    f"control plane answer to {method} {path} broke off: {http.describe(exc)}{self._unknown(method)}"
                 ) from None
 
     def _may_retry(self, attempt: int, start: float, deadline: float) -> bool:
@@ -303,8 +279,8 @@ class ControlPlane:
                 )
             return f"control plane did not answer {method} {path} within {self.timeout:g} s"
         if _never_opened(exc):
-            return f"control plane unreachable at {self.url}: {_describe(exc)}"
-        return f"control plane call {method} {path} failed: {_describe(exc)}{self._unknown(method)}"
+            return f"control plane unreachable at {self.url}: {http.describe(exc)}"
+        return f"control plane call {method} {path} failed: {http.describe(exc)}{self._unknown(method)}"
 
 
 class _Unparsed:

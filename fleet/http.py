@@ -28,6 +28,39 @@ class BodyTooLarge(BodyError):
     """The body passed the size cap; the status line is still good."""
 
 
+# Needles in an exception's type and text, and the short cause each stands for; first match wins.
+_CAUSES = (
+    ("timeout", "timed out"),
+    ("timed out", "timed out"),
+    ("refused", "connection refused"),
+    ("nameresolution", "host name not found"),
+    ("name or service", "host name not found"),
+    ("nodename nor servname", "host name not found"),
+    ("temporary failure in name resolution", "host name not found"),
+    ("certificate", "TLS certificate verification failed"),
+    ("ssl", "TLS handshake failed"),
+    ("reset", "connection reset"),
+    ("remote end closed", "connection closed without an answer"),
+    ("remotedisconnected", "connection closed without an answer"),
+    ("incomplete", "answer truncated"),
+    ("aborted", "connection aborted"),
+    ("protocol", "connection broken"),
+)
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause for a failed request, without URLs or headers."""
+    if isinstance(exc, BodyError):
+        return str(exc)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    text = f"{type(exc).__name__} {exc}".lower()
+    for needle, words in _CAUSES:
+        if needle in text:
+            return words
+    return type(exc).__name__
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True

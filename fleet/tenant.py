@@ -26,30 +26,17 @@ class Reply:
     oversize: bool = False
 
 
-def describe(exc: BaseException) -> str:
-    """A short cause for a failed tenant request (no answer at all)."""
-    if isinstance(exc, http.BodyError):
-        return str(exc)
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        exc = exc.reason
-    text = f"{type(exc).__name__} {exc}".lower()
-    for needle, words in (
-        ("timeout", "timed out"),
-        ("timed out", "timed out"),
-        ("refused", "connection refused"),
-        ("nameresolution", "host name not found"),
-        ("name or service", "host name not found"),
-        ("certificate", "TLS certificate verification failed"),
-        ("ssl", "TLS handshake failed"),
-        ("reset", "connection reset"),
-        ("remote end closed", "connection closed without an answer"),
-        ("remotedisconnected", "connection closed without an answer"),
-        ("incompleteread", "answer truncated"),
-        ("protocol", "connection broken"),
-    ):
-        if needle in text:
-            return words
-    return type(exc).__name__
+def health_problem(reply: Reply) -> tuple[str, str] | None:
+    """What is wrong with a healthz reply, as (verdict, reason): no answer is unreachable, an answer
+    that is not 2xx (a redirect included: it is never followed) is unhealthy. None when healthy."""
+    if reply.error:
+        return "unreachable", f"healthz: {reply.error}"
+    status = reply.status or 0
+    if not 200 <= status < 300:
+        return "unhealthy", f"healthz answered HTTP {status}" + (
+            " (redirect, not followed)" if 300 <= status < 400 else ""
+        )
+    return None
 
 
 class Tenants:
@@ -90,5 +77,5 @@ class Tenants:
         except http.BodyTooLarge:
             return Reply(status=resp.status, oversize=True)
         except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
-            return Reply(error=describe(exc))
+            return Reply(error=http.describe(exc))
         return Reply(status=resp.status, body=body)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from fleet import runner
 from fleet.cp import ControlPlane
-from fleet.tenant import REQUEST_SECONDS, Tenants
+from fleet.tenant import REQUEST_SECONDS, Tenants, health_problem
 from rollout import coverage
 from rollout import plan as planning
 from rollout.coverage import NOT_ATTEMPTED, SHIPPED, STRAGGLER, UNKNOWN, Outcome
@@ -85,10 +85,9 @@ def healthz_watch(settings: Settings) -> SoakWatch:
         while True:
             # A poll started just before the soak ends still gets its full time to answer.
             reply = tenants.get(url, time.monotonic() + REQUEST_SECONDS)
-            if reply.error:
-                return f"healthz unreachable: {reply.error}"
-            if not 200 <= (reply.status or 0) < 300:
-                return f"healthz answered HTTP {reply.status}"
+            problem = health_problem(reply)
+            if problem:
+                return problem[1]
             left = end - time.monotonic()
             if left <= 0:
                 return None

@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
                 concurrency=concurrency,
             )
+            allow_http = inputs.boolean("allow-http", values["allow-http"])
+            http.check_url(template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
             scope, stragglers, source = scope_and_quarantine(values, doc, token)
             held = set(stragglers)  # exact, whole-string match: `reno` is not `reno-stars`
             targets = [s for s in scope if s not in held]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fleet import contract
 from fleet.contract import ContractError
-from fleet.tenant import Reply
+from fleet.tenant import Reply, health_problem
 
 VERIFIED = "verified"
 QUARANTINED = "quarantined"
@@ -33,12 +33,8 @@ def quarantined() -> Seen:
 
 def classify_health(health: Reply) -> Seen | None:
     """The verdict healthz alone settles (unreachable, unhealthy), or None when it is 2xx."""
-    if health.error:
-        return Seen(UNREACHABLE, f"healthz: {health.error}")
-    if not 200 <= (health.status or 0) < 300:
-        kind = " (redirect, not followed)" if 300 <= (health.status or 0) < 400 else ""
-        return Seen(UNHEALTHY, f"healthz answered HTTP {health.status}{kind}")
-    return None
+    problem = health_problem(health)
+    return Seen(*problem) if problem else None
 
 
 def classify(health: Reply, build: Reply, expected_sha: str) -> Seen:
