@@ -3,6 +3,7 @@ deadline on every request (a tenant that drips a byte at a time still times out)
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,12 @@ class Reply:
     body: bytes = b""
     error: str | None = None
     oversize: bool = False
+
+
+def default_ca(ca_bundle: str | None) -> str:
+    """The CA file for tenants: as for the control plane (requests' rule), ca-bundle first, then
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, then certifi's set."""
+    return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
 
 
 def health_problem(reply: Reply) -> tuple[str, str] | None:
@@ -48,7 +55,7 @@ class Tenants:
                 num_pools=1024,  # one per tenant host when each tenant has its own name
                 maxsize=max(2, 2 * concurrency),
                 cert_reqs="CERT_REQUIRED",
-                ca_certs=ca_bundle or certifi.where(),
+                ca_certs=default_ca(ca_bundle),
                 retries=False,
                 headers={"User-Agent": USER_AGENT},
             )
