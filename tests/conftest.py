@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from faultservers import FaultServer
 
 from sandbox import Sandbox
 
@@ -20,3 +21,18 @@ def start():
     yield _start
     for sb in started:
         sb.stop()
+
+
+@pytest.fixture
+def serve():
+    """Start loopback fault servers (tests/faultservers.py); all are stopped after the test."""
+    servers: list[FaultServer] = []
+
+    def _serve(routes=None, **kwargs) -> FaultServer:
+        server = FaultServer(routes or {}, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield _serve
+    for server in servers:
+        server.stop()

@@ -45,20 +45,6 @@ BEARER = f"Bearer {TOKEN}"
 
 
 @pytest.fixture
-def serve():
-    servers: list[FaultServer] = []
-
-    def _serve(routes=None, **kwargs) -> FaultServer:
-        server = FaultServer(routes or {}, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield _serve
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
 def raised(monkeypatch):
     """Every CPError the step's control-plane client raised, unscrubbed, as the exception carried it."""
     seen = SimpleNamespace(errors=[])

@@ -48,17 +48,17 @@ def tenant(slug: str, healthz=UP, buildinfo=None) -> dict:
 
 
 @pytest.fixture
-def serve():
+def serve(serve):
+    """The shared fault servers, with one more check after each test: no tenant request carried the
+    token."""
     servers: list[FaultServer] = []
 
     def _serve(routes=None, **kwargs) -> FaultServer:
-        server = FaultServer(routes or {}, **kwargs).start()
+        server = serve(routes, **kwargs)
         servers.append(server)
         return server
 
     yield _serve
-    for server in servers:
-        server.stop()
     for server in servers:
         for request in server.requests:
             if request.path.startswith("/t/"):
