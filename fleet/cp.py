@@ -186,8 +186,8 @@ class ControlPlane:
             return (
                 f"control plane answered {method} {path} with a redirect (HTTP {status}); not followed with the token"
             )
-        if status in (502, 504):
-            # A gateway's error: the control plane behind it may have acted on the request all the same.
+        if status >= 500:
+            # A server or gateway error: the control plane may have acted on the request all the same.
             hint = self._unknown(method)
         return f"control plane answered {method} {path} with HTTP {status}{said}{hint}"
 
