@@ -110,6 +110,7 @@ class ControlPlane:
         self.timeout = timeout
         self.retry = retry
         self.calls: list[dict[str, Any]] = []  # every call and its answer, for the report
+        self.deadline: float | None = None  # monotonic; set, no call goes past it
         self._session = requests.Session()
         for adapter in self._session.adapters.values():
             http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
@@ -163,13 +164,7 @@ class ControlPlane:
     def _redact(value: Any) -> Any:
         """`value` with the token scrubbed, should the control plane echo it back (an error page that
         quotes the request's headers): it then cannot reach a message, the report or the log."""
-        if isinstance(value, str):
-            return runner.scrub(value)
-        if isinstance(value, list):
-            return [ControlPlane._redact(v) for v in value]
-        if isinstance(value, dict):
-            return {ControlPlane._redact(k): ControlPlane._redact(v) for k, v in value.items()}
-        return value
+        return runner.scrub_values(value)
 
     def _status_message(self, method: str, path: str, status: int, doc: Any) -> str:
         said = ""
@@ -213,7 +208,9 @@ class ControlPlane:
     def _send(self, method: str, path: str, body: dict | None, start: float) -> tuple[int, bytes]:
         """Send once, retrying only where the request cannot have been acted on."""
         url = self.url + path
-        deadline = start + self.timeout
+        deadline = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
+        if deadline <= start:
+            raise CPError(f"the rollout's deadline passed before {method} {path} could be sent")
         attempt = 0
         while True:
             left = deadline - time.monotonic()

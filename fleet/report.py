@@ -29,7 +29,7 @@ def now() -> str:
 
 def write(path: str, report: dict[str, Any]) -> bool:
     """Write atomically; on failure warn and return False (the verdict stands either way)."""
-    text = runner.scrub(json.dumps(report, indent=2, sort_keys=False)) + "\n"
+    text = json.dumps(runner.scrub_values(report), indent=2, sort_keys=False) + "\n"
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

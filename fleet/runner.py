@@ -28,16 +28,34 @@ def under_runner() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
+MIN_SCRUBBED_PART = 8  # shorter lines of a multi-line secret ("false", "}") are not scrubbed alone
+
+
 def register_secret(value: str) -> None:
-    """Scrub `value` from everything this module emits; mask it under a runner."""
-    if not value:
+    """Scrub `value` from everything this module emits; mask it, and each of its lines, under a
+    runner (a workflow command ends at a newline)."""
+    if not value or not value.strip():
         return
-    for part in [value, *value.splitlines()]:
-        if part.strip() and part not in _SECRETS:
+    lines = [line for line in value.splitlines() if line.strip()]
+    for part in [value, *lines]:
+        if part in _SECRETS:
+            continue
+        if part == value or len(part) >= MIN_SCRUBBED_PART:
             _SECRETS.append(part)
-            if under_runner():
-                _write(f"::add-mask::{_escape_data(part)}")
+        if under_runner():
+            _write(f"::add-mask::{_escape_data(part)}")
     _SECRETS.sort(key=len, reverse=True)
+
+
+def scrub_values(value):
+    """A JSON-like structure with every string scrubbed (keys included); the structure stays valid."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [scrub_values(v) for v in value]
+    if isinstance(value, dict):
+        return {scrub_values(k): scrub_values(v) for k, v in value.items()}
+    return value
 
 
 def scrub(text: str) -> str:

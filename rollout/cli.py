@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from fleet import inputs, report, runner
@@ -13,7 +14,7 @@ from fleet.cp import ControlPlane, CPError
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
 from rollout import drive, summary
 from rollout.coverage import STRAGGLER
-from rollout.plan import Plan, Settings, make_plan, plan_record, settings_from
+from rollout.plan import Plan, Settings, make_plan, plan_record, run_seconds, settings_from
 
 NAMES = (
     "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
@@ -43,15 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner.sigterm_stops():
             # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
-            settings = settings_from(values, os.environ, 1 if step.from_env else 0)
+            settings = settings_from(values, os.environ, 1 if step.from_env else 0, verify_follows=step.from_env)
             inputs.check_token(token)
             cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
             plan = make_plan(settings, cp.list_fleet())
+            cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
             _log_plan(settings, plan)
             result = drive.Result.for_plan(plan)
             drive.run(settings, plan, cp, drive.healthz_watch(settings), result)
     except ContractError as exc:
-        failure, code = str(exc), EXIT_BAD_INPUT
+        # Bad input, found before anything was redeployed; after a redeploy it is a failed rollout.
+        sent = cp is not None and any(call["method"] == "POST" for call in cp.calls)
+        failure, code = str(exc), EXIT_FAILED if sent else EXIT_BAD_INPUT
     except CPError as exc:
         failure = str(exc)
     except runner.Terminated as exc:
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stragglers": json.dumps(stragglers),
             "quarantined-count": str(len(stragglers)),
             "report-path": report_path,
+            # Whether the verify step should follow: the action's condition, decided in one place.
+            "verify": "true" if ok and settings and settings.tenant_url_template and not settings.dry_run else "false",
         }
     )
     _announce(result, ok, message)
@@ -86,7 +92,8 @@ def _log_plan(settings: Settings, plan: Plan) -> None:
     runner.log(
         f"plan: {settings.mode} rollout of {settings.target_tag} to {len(plan.scope)} of {plan.fleet_size} tenants; "
         f"canary {plan.canary or 'none'}; {len(plan.batches)} batches of up to {settings.batch_size}; "
-        f"straggler budget {plan.budget} (from {b.source} {b.text!r})" + ("; dry run" if settings.dry_run else "")
+        f"straggler budget {plan.budget} (from {b.source} {b.text!r}); deadline {run_seconds(settings, plan):g} s"
+        + ("; dry run" if settings.dry_run else "")
     )
     for note in plan.notes:
         runner.log(f"note: {runner.plain(note)}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from fleet import contract, http, inputs
 from fleet.contract import ContractError, show
+from fleet.tenant import REQUEST_SECONDS
 
 BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
 # What an image reference accepts as a tag.
@@ -74,8 +75,11 @@ class Settings:
     ca_bundle: str | None
 
 
-def settings_from(values: Mapping[str, str], environ: Mapping[str, str], budget_fallback: int) -> Settings:
-    """Typed settings from the inputs' strings; the first bad one is a ContractError naming it."""
+def settings_from(
+    values: Mapping[str, str], environ: Mapping[str, str], budget_fallback: int, verify_follows: bool = False
+) -> Settings:
+    """Typed settings from the inputs' strings; the first bad one is a ContractError naming it.
+    With `verify_follows` (the action), what verify will need is checked too, before the fleet moves."""
     allow_http = inputs.boolean("allow-http", values["allow-http"])
     if not values["cp-url"]:
         raise ContractError("cp-url is required")
@@ -94,6 +98,8 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str], budget_
     sha = values["expected-sha"]
     if "concurrency" in values:
         inputs.verify_limits(values)  # verify's own inputs fail here, before the fleet moves
+    if verify_follows and template and not sha:
+        raise ContractError("expected-sha is required with tenant-url-template: verify checks buildinfo against it")
     return Settings(
         cp_url=http.check_url(values["cp-url"], "cp-url", allow_http),
         target_tag=tag,
@@ -142,6 +148,18 @@ def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     return Plan(settings.mode, scope, canary, batches, settings.budget.resolve(len(scope)), len(fleet), notes)
 
 
+RUN_MARGIN_SECONDS = 60.0
+
+
+def run_seconds(settings: Settings, plan: Plan) -> float:
+    """The rollout's deadline after planning: each redeploy call may take cp-timeout-seconds, the
+    canary soak its soak-seconds plus one healthz request, and a margin for the rest."""
+    calls = 1 if settings.mode == "fleet" else len(plan.batches) + (1 if plan.canary else 0)
+    soaks = plan.canary and settings.mode == "scoped" and settings.soak_seconds
+    soak = settings.soak_seconds + REQUEST_SECONDS if soaks else 0
+    return calls * settings.cp_timeout + soak + RUN_MARGIN_SECONDS
+
+
 def _base_body(settings: Settings) -> dict[str, Any]:
     return {"target_tag": settings.target_tag, "batch_size": settings.batch_size, "dry_run": settings.dry_run}
 
@@ -187,6 +205,7 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
     if plan is not None:
         record["budget"]["resolved"] = plan.budget
         record.update(
+            deadline_seconds=run_seconds(settings, plan),
             canary_in_scope=bool(plan.canary),
             fleet_size=plan.fleet_size,
             scope=plan.scope,

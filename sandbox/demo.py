@@ -64,7 +64,11 @@ def show_log(log: str) -> None:
     for line in log.splitlines():
         _, sep, rest = line.partition("] ")
         text = rest if sep else line
-        if text.lstrip().startswith(("⭐ Run", "✅", "❌", "| ")) and "Record" not in text and "Post " not in text:
+        if (
+            text.lstrip().startswith(("⭐ Run", "✅", "❌", "🚧", "| "))
+            and "Record" not in text
+            and "Post " not in text
+        ):
             print("   " + text.rstrip())
 
 

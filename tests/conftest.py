@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 from faultservers import FaultServer
 
+from fleet import runner
 from sandbox import Sandbox
+
+
+@pytest.fixture(autouse=True)
+def forget_secrets():
+    """Each test starts with no registered secrets, as each step process does."""
+    runner._SECRETS.clear()
+    yield
+    runner._SECRETS.clear()
 
 
 @pytest.fixture

@@ -301,7 +301,7 @@ def test_prepare_step_names_the_pythons_it_found_when_none_is_recent_enough(tmp_
     done = subprocess.run(
         [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
         env={"PATH": str(bin_dir), "GITHUB_OUTPUT": str(output), "RUNNER_TEMP": str(tmp_path),
-             "GITHUB_ACTION_PATH": str(PROJECT), "DRY_RUN": "false"},
+             "GITHUB_ACTION_PATH": str(PROJECT)},
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 1
@@ -320,7 +320,7 @@ def test_prepare_step_leaves_no_venv_behind_when_pip_fails(tmp_path):
     done = subprocess.run(
         [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
         env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(tmp_path / "output"), "RUNNER_TEMP": str(tmp_path),
-             "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action), "DRY_RUN": "false"},
+             "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action)},
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from support import SHA, TAG, bodies, run_step, scenario
@@ -316,3 +317,68 @@ def test_the_recovery_command_keeps_the_connection_settings(start, rollout):
     line = next(line for line in run.summary.splitlines() if line.startswith("CP_TOKEN=..."))
     assert "--slugs reno-stars --max-stragglers 0" in line
     assert "--allow-http true" in line and "--cp-timeout-seconds 90" in line
+
+
+def test_a_token_that_breaks_over_lines_is_refused_and_the_report_stays_valid_json(start, rollout):
+    sb = start("clean")
+    run = rollout(sb, token="sometoken-123\nfalse")
+    assert run.code == 2 and "CP_TOKEN holds whitespace" in run.report["message"]
+    assert run.report["ok"] is False  # parsed: scrubbing never touches the JSON's own words
+    assert "sometoken-123" not in run.log
+
+
+@pytest.mark.parametrize(
+    ("flags", "verify"),
+    [
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}"], "true"),
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--dry-run", "true"], "false"),
+        ([], "false"),
+        (["--tenant-url-template", " "], "false"),
+    ],
+)
+def test_the_rollout_says_whether_verify_follows(start, rollout, flags, verify):
+    sb = start("clean")
+    run = rollout(sb, *flags)
+    assert run.code == 0
+    assert run.outputs["verify"] == verify
+
+
+def test_the_action_refuses_a_template_without_an_expected_sha_before_the_fleet_moves(start, rollout, monkeypatch):
+    sb = start("clean")
+    for name, value in {"CP_URL": sb.url, "TARGET_TAG": TAG, "TENANT_URL_TEMPLATE": sb.tenant_url_template}.items():
+        monkeypatch.setenv(f"GHA_FLEET_{name}", value)
+    monkeypatch.setenv("GHA_FLEET_EXPECTED_SHA", "")
+    run = rollout(sb, "--from-env")
+    assert run.code == 2 and "expected-sha is required with tenant-url-template" in run.report["message"]
+    assert sb.cp_calls == []
+
+
+def test_the_rollout_has_a_deadline_that_no_call_outlives(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--canary-slug", "acme", "--cp-timeout-seconds", "100", "--soak-seconds", "0")
+    # canary + 3 batches, each up to cp-timeout, plus the margin
+    assert run.report["plan"]["deadline_seconds"] == 4 * 100 + planning.RUN_MARGIN_SECONDS
+    assert "deadline 460 s" in run.log
+
+
+def test_a_call_past_the_rollouts_deadline_is_not_sent(start):
+    from fleet.cp import ControlPlane, CPError
+
+    sb = start("clean")
+    cp = ControlPlane(sb.url, sb.token, timeout=30)
+    cp.deadline = time.monotonic() - 1
+    with pytest.raises(CPError, match="deadline passed before GET /cp/admin/tenants"):
+        cp.list_fleet()
+    assert sb.cp_calls == []
+
+
+def test_a_contract_break_after_a_redeploy_is_a_failed_rollout_not_bad_input(start, rollout, monkeypatch):
+    from rollout import coverage
+
+    def broken(expected, answer, **kw):
+        raise coverage.ContractError("redeploy answer rejected: two results for slug 'acme'")
+
+    sb = start("clean")
+    monkeypatch.setattr(coverage, "assess", broken)
+    run = rollout(sb)
+    assert run.code == 1 and "two results" in run.report["message"]

@@ -196,3 +196,19 @@ def test_an_answer_that_cannot_be_judged_costs_no_worker(start, verify, monkeypa
     # the first answer could not be judged; the same worker went on, polled it again, and all passed
     assert run.code == 0, run.report["verify"]["message"]
     assert calls["n"] >= 4
+
+
+def test_standalone_verify_never_reads_a_leftover_default_report(start, tmp_path, capsys, monkeypatch):
+    sb = start(deployed("acme", "birch"))
+    monkeypatch.chdir(tmp_path)
+    leftover = {"schema_version": 1, "ok": False, "rollout": {"ok": False, "verdict": "systemic", "message": "x"}}
+    (tmp_path / "fleet-rollout-report.json").write_text(json.dumps(leftover))
+    argv = [
+        "--cp-url", sb.url, "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,
+        "--poll-interval-seconds", "0.2", "--verify-timeout-seconds", "5",
+    ]  # fmt: skip
+    run = run_step(main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token)
+    assert run.code == 0
+    assert json.loads((tmp_path / "fleet-rollout-report.json").read_text()) == leftover  # untouched
+    written = json.loads((tmp_path / "fleet-verify-report.json").read_text())
+    assert written["verify"]["counts"]["verified"] == 2

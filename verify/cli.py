@@ -22,6 +22,7 @@ NAMES = (
 )  # fmt: skip
 
 
+VERIFY_REPORT = "fleet-verify-report.json"  # without --report: never the rollout's default file
 NAME_LIMIT = 10  # tenants named in the one-line error before "and N more"
 
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
     )
     values, token = step.values, step.token
-    report_path = values["report"] or report.DEFAULT_NAME
+    report_path = values["report"] or VERIFY_REPORT
     started = time.monotonic()
 
     doc: dict | None = None
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_FAILED
     try:
         with runner.sigterm_stops():
-            if Path(report_path).exists():
+            # Only a report named on purpose is read: a leftover default file must not pick the scope.
+            if values["report"] and Path(report_path).exists():
                 write_to = report_path + ".verify.json"  # a report that cannot be read is kept as it is
                 doc = report.read(report_path)
                 write_to = report_path
