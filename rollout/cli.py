@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = result.verdict if result and not failure else drive.FAILED
     message = result.message if result and not failure else (failure or "")
     ok = result is not None and result.ok and not failure
-    doc = _report(settings, plan, result, cp, ok, verdict, message, started, values)
+    doc = _report(settings, plan, result, cp, ok, verdict, message, started)
     report.write(report_path, doc)
     stragglers = doc.get("stragglers", [])
     runner.set_outputs(
@@ -111,7 +111,7 @@ def _announce(result: drive.Result | None, ok: bool, message: str) -> None:
         runner.error(runner.plain(message))
 
 
-def _report(settings, plan, result, cp, ok, verdict, message, started, values) -> dict:
+def _report(settings, plan, result, cp, ok, verdict, message, started) -> dict:
     doc: dict = {"schema_version": 1, "ok": ok, "message": message}
     if settings is not None:
         doc["plan"] = plan_record(settings, plan)
