@@ -156,15 +156,9 @@ class ControlPlane:
         return record
 
     def _fail(self, record: dict[str, Any], message: str) -> CPError:
-        message = self._redact(message)
+        message = runner.scrub(message)  # should the control plane have echoed the token back
         record["error"] = message
         return CPError(message)
-
-    @staticmethod
-    def _redact(value: Any) -> Any:
-        """`value` with the token scrubbed, should the control plane echo it back (an error page that
-        quotes the request's headers): it then cannot reach a message, the report or the log."""
-        return runner.scrub_values(value)
 
     def _status_message(self, method: str, path: str, status: int, doc: Any) -> str:
         said = ""
@@ -200,8 +194,9 @@ class ControlPlane:
         except ContractError as exc:
             if 200 <= status < 300:
                 raise self._fail(record, str(exc)) from None
-            doc = _Unparsed(self._redact(raw.decode("utf-8", "replace")))
-        doc = self._redact(doc)
+            doc = _Unparsed(runner.scrub(raw.decode("utf-8", "replace")))
+        # An error page may quote the request's headers: the token must not reach a message or the report.
+        doc = runner.scrub_values(doc)
         record["response"] = doc if not isinstance(doc, _Unparsed) else doc.text[:2000]
         return status, doc
 

@@ -161,17 +161,10 @@ def bounded(manager: urllib3.PoolManager) -> urllib3.PoolManager:
     return manager
 
 
-def _set_read_timeout(response, seconds: float) -> None:
-    # Tighten the socket timeout to the time left, so one stalled read cannot outlive the deadline.
-    conn = getattr(response, "connection", None) or getattr(response, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.01))
-
-
 def read_body(response, deadline: float, cap: int) -> bytes:
     """Read a urllib3 response (preload_content=False) whole, by `deadline` (monotonic) and within
-    `cap` bytes. A server that drips a byte at a time still hits the deadline."""
+    `cap` bytes. The response comes from a `bounded` pool under `answer_by`, so each read waits only
+    for the time left: a server that drips a byte at a time still hits the deadline."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -179,7 +172,6 @@ def read_body(response, deadline: float, cap: int) -> bytes:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BodyError("body not received before the deadline")
-            _set_read_timeout(response, left)
             chunk = response.read1(65536, decode_content=True)
             if not chunk:
                 break

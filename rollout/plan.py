@@ -199,7 +199,7 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
         "soak_seconds": settings.soak_seconds,
         "batch_size": settings.batch_size,
         "dry_run": settings.dry_run,
-        "budget": {"requested": settings.budget.text, "source": settings.budget.source, "resolved": 0},
+        "budget": {"requested": settings.budget.text, "source": settings.budget.source},
         "tenant_url_template": settings.tenant_url_template,
     }
     if plan is not None:
@@ -212,6 +212,4 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
             batches=plan.batches,
             notes=plan.notes,
         )
-    else:
-        del record["budget"]["resolved"]
     return record

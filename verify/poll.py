@@ -47,7 +47,7 @@ def poll(
     start = time.monotonic()
     deadline = start + timeout
     slugs = fleet.slugs
-    urls = {slug: tenants.base(slug) for slug in slugs}
+    urls = {slug: tenants.base(slug) for slug in slugs}  # every URL is checked before the first request
     due = [(start, i, slug) for i, slug in enumerate(slugs)]
     heapq.heapify(due)
     lock = threading.Condition()
