@@ -61,7 +61,7 @@ def narrow(fleet: list[str], wanted: list[str], what: str = "slugs") -> list[str
     known = set(fleet)
     unknown = [s for s in wanted if s not in known]
     if unknown:
-        raise ContractError(f"{what} names tenants the control plane does not list: {', '.join(unknown)}")
+        raise ContractError(f"{what} names tenants that are not in the control plane's fleet: {', '.join(unknown)}")
     keep = set(wanted)
     return [s for s in fleet if s in keep]
 
@@ -149,7 +149,11 @@ def validate(name: str, document: Any, what: str) -> Any:
     raise ContractError(f"{what}: {field} {_reason(error)}{value}")
 
 
-def fleet_slugs(listing: Any) -> list[str]:
-    """The slugs of a fleet listing, validated (schema, then uniqueness) before anything is used."""
-    validate("fleet-listing", listing, "control plane fleet listing rejected")
-    return unique_slugs((t["slug"] for t in listing["tenants"]), "control plane fleet listing rejected")
+def enumerated(answer: Any, what: str = "fleet enumeration (dry run) rejected") -> list[str]:
+    """The fleet from an unscoped dry run's answer: its rows' slugs in order, validated (schema, then
+    uniqueness) before anything is used. No rows is an error: nothing to roll out."""
+    validate("redeploy-response", answer, what)
+    slugs = unique_slugs((row["slug"] for row in answer["results"]), what)
+    if not slugs:
+        raise ContractError(f"{what}: it lists no tenants, so there is nothing to roll out")
+    return slugs

@@ -1,7 +1,9 @@
-"""The control-plane client: two calls, one retry policy, every answer checked against the contract.
+"""The control-plane client: one endpoint, one retry policy, every answer checked against the contract.
 
-A redeploy POST is never re-sent once it may have reached the control plane; only a connection that
-never opened (refused, connect timeout, DNS) or an explicit 429 is tried again, within a bounded time.
+The control plane has no listing endpoint: the fleet is what an unscoped dry run answers. A call is
+sent again only where that is safe: a connection that never opened, a 429, or a gateway's 502/503/504
+(a redeploy to one tag is declarative). A 500 with the answer's shape is the control plane's verdict,
+and a call whose answer did not arrive is never re-sent: its outcome is unknown.
 """
 
 from __future__ import annotations
@@ -18,33 +20,46 @@ import urllib3
 from fleet import contract, http, runner
 from fleet.contract import ContractError, show
 
-LIST_PATH = "/cp/admin/tenants"
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 CONNECT_TIMEOUT = 10.0
-USER_AGENT = "fleet-rollout/0.1"
+USER_AGENT = "fleet-rollout/0.2"
 
 
 class CPError(Exception):
     """A control-plane call that failed; the message is one line that names the cause."""
 
 
+class CPRefused(CPError):
+    """The control plane refused the request as bad (HTTP 400): nothing was done."""
+
+    def __init__(self, message: str, said: str) -> None:
+        super().__init__(message)
+        self.said = said  # the control plane's own error text, scrubbed
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When a call is tried again, and how long to wait."""
+    """When a call is sent again, and after how long: at most len(delays) times, about that many seconds
+    apart (a little less, with jitter), a Retry-After honoured, and never past the call's deadline."""
 
-    budget_seconds: float = 30.0  # total time spent on retries of one call
-    base_delay: float = 0.5
-    factor: float = 2.0
-    max_delay: float = 8.0
-    idempotent_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+    delays: tuple[float, ...] = (5.0, 10.0, 20.0)
+    statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+    jitter: float = 0.2
 
-    def delay(self, attempt: int) -> float:
-        raw = min(self.max_delay, self.base_delay * self.factor**attempt)
-        return raw * random.uniform(0.5, 1.0)
+    @property
+    def attempts(self) -> int:
+        return len(self.delays) + 1
 
-    def retry_status(self, method: str, status: int) -> bool:
-        # 429 means the request was refused unprocessed, so even a POST may go again.
-        return status == 429 or (method == "GET" and status in self.idempotent_statuses)
+    def wait(self, retry: int, retry_after: float | None = None) -> float | None:
+        """Seconds before retry number `retry` (0 for the first), or None when none is left."""
+        if retry >= len(self.delays):
+            return None
+        if retry_after is not None:
+            return retry_after
+        return self.delays[retry] * random.uniform(1 - self.jitter, 1)
+
+
+RETRY = RetryPolicy()
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -59,19 +74,18 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _never_opened(exc: requests.RequestException) -> bool:
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    seen = exc
+def _never_opened(exc: BaseException) -> bool:
+    """The request cannot have reached the control plane: refused, DNS, or a connect timeout."""
+    seen: object = exc
     for _ in range(6):
-        seen = seen.__context__ or seen.__cause__ or (seen.args[0] if seen.args else None)
-        if isinstance(seen, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
+        # urllib3 2.x: NewConnectionError (refused) and NameResolutionError are ConnectTimeoutErrors.
+        if isinstance(seen, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
             return True
         if isinstance(seen, urllib3.exceptions.MaxRetryError):
             seen = seen.reason
-            if isinstance(seen, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError):
-                return True
-        if not isinstance(seen, BaseException):
+        elif isinstance(seen, BaseException):
+            seen = seen.__context__ or seen.__cause__ or (seen.args[0] if seen.args else None)
+        else:
             return False
     return False
 
@@ -90,10 +104,25 @@ class _Bearer(requests.auth.AuthBase):
         return "_Bearer(***)"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
+    """A redeploy answer in the contract's shape (200, or 500: the call failed)."""
+
     status: int
-    document: Any
+    document: dict[str, Any]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == 200 and self.document["ok"] is True
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.document["results"]
+
+    @property
+    def error(self) -> str:
+        """What the control plane said went wrong, as one inert line."""
+        return runner.plain(self.document.get("error") or "no error given")
 
 
 class ControlPlane:
@@ -104,11 +133,11 @@ class ControlPlane:
         *,
         timeout: float,
         ca_bundle: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.retry = retry
+        self.retry = retry or RETRY
         self.calls: list[dict[str, Any]] = []  # every call and its answer, for the report
         self.deadline: float | None = None  # monotonic; set, no call goes past it
         self._session = requests.Session()
@@ -119,78 +148,88 @@ class ControlPlane:
         self._session.verify = ca_bundle or True
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
 
-    # -- the two calls -------------------------------------------------------------------------
+    @property
+    def sent_real_call(self) -> bool:
+        """Whether a call that may have redeployed something was sent."""
+        return any(not call["body"].get("dry_run") for call in self.calls)
 
-    def list_fleet(self) -> list[str]:
-        """The fleet's slugs, validated (schema, then uniqueness) before anything uses them."""
-        record = self._record("list", "GET", LIST_PATH, None)
-        status, doc = self._call(record, "GET", LIST_PATH, None)
-        if status != 200:
-            raise self._fail(record, self._status_message("GET", LIST_PATH, status, doc))
+    def enumerate(self, body: dict[str, Any]) -> list[str]:
+        """The fleet: the slugs an unscoped dry run answers, in its order, validated (each a slug, none
+        twice, at least one) before any real call is made."""
+        body = {k: v for k, v in body.items() if k != "only_slugs"} | {"dry_run": True, "confirm": True}
+        answer = self.redeploy(body, "enumerate")
+        if not answer.succeeded:
+            what = "the control plane's dry run (the fleet's enumeration)"
+            raise self._fail(self.calls[-1], f"{what} failed (HTTP {answer.status}): {answer.error}")
         try:
-            return contract.fleet_slugs(doc)
+            return contract.enumerated(answer.document)
         except ContractError as exc:
-            raise self._fail(record, str(exc)) from None
+            raise self._fail(self.calls[-1], str(exc), ContractError) from None
 
     def redeploy(self, body: dict[str, Any], kind: str) -> Answer:
-        """One redeploy call. 200 and 500 both carry the response shape (500: the call failed)."""
+        """One call. 200 and 500 both carry the answer's shape (500: the call failed); a 400 is the
+        control plane refusing the request (CPRefused); anything else is a CPError."""
         contract.validate("redeploy-request", body, "redeploy request not sent")
-        record = self._record(kind, "POST", REDEPLOY_PATH, body)
-        status, doc = self._call(record, "POST", REDEPLOY_PATH, body)
+        record = self._record(kind, body)
+        status, doc = self._call(record, body)
+        if status == 400:
+            said = doc["error"] if isinstance(doc, dict) and isinstance(doc.get("error"), str) else ""
+            message = self._status_message(status, doc)
+            record["error"] = message
+            raise CPRefused(message, runner.scrub(said))
         if status not in (200, 500) or (status == 500 and not _has_shape(doc)):
-            raise self._fail(record, self._status_message("POST", REDEPLOY_PATH, status, doc))
+            raise self._fail(record, self._status_message(status, doc, dry=bool(body.get("dry_run"))))
         try:
             contract.validate("redeploy-response", doc, f"redeploy answer (HTTP {status}) rejected")
         except ContractError as exc:
-            raise self._fail(record, str(exc)) from None
+            raise self._fail(record, str(exc), ContractError) from None
         return Answer(status, doc)
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _record(self, kind: str, method: str, path: str, body: dict | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": kind, "method": method, "path": path}
-        if body is not None:
-            record["body"] = body
-        record.update(status=None, response=None, error=None, elapsed_seconds=0.0)
+    def _record(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {"kind": kind, "method": "POST", "path": REDEPLOY_PATH, "body": body}
+        record.update(status=None, response=None, error=None, attempts=0, elapsed_seconds=0.0)
         self.calls.append(record)
         return record
 
-    def _fail(self, record: dict[str, Any], message: str) -> CPError:
+    def _fail(self, record: dict[str, Any], message: str, kind: type[Exception] = CPError) -> Exception:
         message = runner.scrub(message)  # should the control plane have echoed the token back
         record["error"] = message
-        return CPError(message)
+        return kind(message)
 
-    def _status_message(self, method: str, path: str, status: int, doc: Any) -> str:
+    def _status_message(self, status: int, doc: Any, *, dry: bool = False, gave_up: str = "") -> str:
         said = ""
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
             said = f": {show(doc['error'])}"
         elif isinstance(doc, _Unparsed):
             said = f" with a non-JSON body: {show(doc.text, 60)}"
         hint = {
+            400: " (the control plane refused the request as bad)",
             401: " (check cp-token)",
             403: " (the token lacks permission for this call)",
             404: " (check cp-url)",
         }.get(status, "")
         if 300 <= status < 400:
-            return (
-                f"control plane answered {method} {path} with a redirect (HTTP {status}); not followed with the token"
-            )
-        if status >= 500:
+            where = f"POST {REDEPLOY_PATH}"
+            return f"control plane answered {where} with a redirect (HTTP {status}); not followed with the token"
+        if status >= 500 and not dry:
             # A server or gateway error: the control plane may have acted on the request all the same.
-            hint = self._unknown(method)
-        return f"control plane answered {method} {path} with HTTP {status}{said}{hint}"
+            hint = _UNKNOWN
+        return f"control plane answered POST {REDEPLOY_PATH} with HTTP {status}{said}{gave_up}{hint}"
 
-    def _call(self, record: dict[str, Any], method: str, path: str, body: dict | None) -> tuple[int, Any]:
+    def _call(self, record: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
         start = time.monotonic()
+        gave_up = ""
         try:
-            status, raw = self._send(method, path, body, start)
+            status, raw, gave_up = self._send(record, body, start)
         except CPError as exc:
             raise self._fail(record, str(exc)) from None
         finally:
             record["elapsed_seconds"] = round(time.monotonic() - start, 3)
         record["status"] = status
         try:
-            doc: Any = contract.parse_json(raw, f"control plane answer to {method} {path} (HTTP {status})")
+            doc: Any = contract.parse_json(raw, f"control plane answer to POST {REDEPLOY_PATH} (HTTP {status})")
         except ContractError as exc:
             if 200 <= status < 300:
                 raise self._fail(record, str(exc)) from None
@@ -198,21 +237,27 @@ class ControlPlane:
         # An error page may quote the request's headers: the token must not reach a message or the report.
         doc = runner.scrub_values(doc)
         record["response"] = doc if not isinstance(doc, _Unparsed) else doc.text[:2000]
+        if gave_up:
+            raise self._fail(record, self._status_message(status, doc, dry=bool(body.get("dry_run")), gave_up=gave_up))
         return status, doc
 
-    def _send(self, method: str, path: str, body: dict | None, start: float) -> tuple[int, bytes]:
-        """Send once, retrying only where the request cannot have been acted on."""
-        url = self.url + path
+    def _send(self, record: dict[str, Any], body: dict[str, Any], start: float) -> tuple[int, bytes, str]:
+        """Send, and send again as the retry policy allows. Returns the status, the body, and why the
+        retries stopped when the last answer is still one the policy would have retried."""
+        url = self.url + REDEPLOY_PATH
+        dry = bool(body.get("dry_run"))
+        unknown = "" if dry else _UNKNOWN
         deadline = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         if deadline <= start:
-            raise CPError(f"the rollout's deadline passed before {method} {path} could be sent")
-        attempt = 0
+            raise CPError(f"the rollout's deadline passed before POST {REDEPLOY_PATH} could be sent")
+        retry = 0
         while True:
+            record["attempts"] = retry + 1
             left = deadline - time.monotonic()
             try:
                 with http.answer_by(deadline):
                     resp = self._session.request(
-                        method,
+                        "POST",
                         url,
                         json=body,
                         timeout=(min(CONNECT_TIMEOUT, max(left, 0.01)), max(left, 0.01)),
@@ -224,55 +269,55 @@ class ControlPlane:
                         # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
                         headers={"Connection": "close"},
                     )
+                    raw = http.read_body(resp.raw, deadline, http.MAX_CP_BODY)
             except requests.RequestException as exc:
-                if _never_opened(exc) and self._may_retry(attempt, start, deadline):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise CPError(self._transport_message(method, path, exc)) from None
-            if self.retry.retry_status(method, resp.status_code):
-                asked = _retry_after(resp.headers.get("Retry-After"))
-                wait = self.retry.delay(attempt) if asked is None else asked
-                resp.close()
-                left = min(deadline, start + self.retry.budget_seconds) - time.monotonic()
-                if wait > left:
-                    said = f"still failing after {attempt + 1} attempts in {time.monotonic() - start:.0f} s"
-                    if asked is not None:
-                        said = f"Retry-After {wait:.0f} s exceeds the {max(left, 0):.0f} s left"
-                    raise CPError(f"control plane answered {method} {path} with HTTP {resp.status_code}; {said}")
-                time.sleep(wait)
-                attempt += 1
-                continue
-            try:
-                return resp.status_code, http.read_body(resp.raw, deadline, http.MAX_CP_BODY)
+                if _never_opened(exc):
+                    cause = f"control plane unreachable at {self.url}: {http.describe(exc)}"
+                    stop = self._pause(cause, retry, None, deadline)
+                    if stop is None:
+                        retry += 1
+                        continue
+                    raise CPError(cause + stop) from None
+                raise CPError(self._transport_message(exc, dry)) from None
             except http.BodyError as exc:
-                raise CPError(f"control plane answer to {method} {path}: {exc}{self._unknown(method)}") from None
+                raise CPError(f"control plane answer to POST {REDEPLOY_PATH}: {exc}{unknown}") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise CPError(
-                    f"control plane answer to {method} {path} broke off: {http.describe(exc)}{self._unknown(method)}"
+                    f"control plane answer to POST {REDEPLOY_PATH} broke off: {http.describe(exc)}{unknown}"
                 ) from None
+            if resp.status_code not in self.retry.statuses:
+                return resp.status_code, raw, ""
+            asked = _retry_after(resp.headers.get("Retry-After"))
+            stop = self._pause(f"control plane answered HTTP {resp.status_code}", retry, asked, deadline)
+            if stop is not None:
+                return resp.status_code, raw, stop
+            retry += 1
 
-    def _may_retry(self, attempt: int, start: float, deadline: float) -> bool:
-        stop = min(deadline, start + self.retry.budget_seconds)
-        return time.monotonic() + self.retry.delay(attempt) < stop
+    def _pause(self, cause: str, retry: int, asked: float | None, deadline: float) -> str | None:
+        """Wait before sending again and return None; or say why no retry is left."""
+        wait = self.retry.wait(retry, asked)
+        if wait is None:
+            return f"; gave up after {retry + 1} attempts"
+        left = deadline - time.monotonic()
+        if wait > left:
+            said = f"Retry-After {wait:.0f} s" if asked is not None else f"the next retry (in {wait:.0f} s)"
+            return f"; {said} would pass the call's deadline ({max(left, 0):.0f} s left)"
+        runner.warning(
+            f"{runner.plain(cause)} (attempt {retry + 1} of {self.retry.attempts}); sending it again in {wait:.1f} s"
+        )
+        time.sleep(wait)
+        return None
 
-    @staticmethod
-    def _unknown(method: str) -> str:
-        if method == "POST":
-            return "; the redeploy's outcome is unknown: check the control plane before re-running (not re-sent)"
-        return ""
-
-    def _transport_message(self, method: str, path: str, exc: requests.RequestException) -> str:
+    def _transport_message(self, exc: requests.RequestException, dry: bool) -> str:
+        unknown = "" if dry else _UNKNOWN
         if isinstance(exc, requests.ReadTimeout):
-            if method == "POST":
-                return (
-                    f"no answer from the control plane within {self.timeout:g} s after POST {path} was sent"
-                    + self._unknown(method)
-                )
-            return f"control plane did not answer {method} {path} within {self.timeout:g} s"
-        if _never_opened(exc):
-            return f"control plane unreachable at {self.url}: {http.describe(exc)}"
-        return f"control plane call {method} {path} failed: {http.describe(exc)}{self._unknown(method)}"
+            return f"no answer from the control plane within {self.timeout:g} s after POST {REDEPLOY_PATH} was sent" + (
+                unknown or " (a dry run: nothing was deployed)"
+            )
+        return f"control plane call POST {REDEPLOY_PATH} failed: {http.describe(exc)}{unknown}"
+
+
+_UNKNOWN = "; the redeploy's outcome is unknown: check the control plane before re-running (not re-sent)"
 
 
 class _Unparsed:

@@ -45,8 +45,16 @@ INPUTS: dict[str, Input] = {
         Input("poll-interval-seconds", "5", "seconds between polls of one tenant"),
         Input("concurrency", "32", "tenants polled at once"),
         Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
+        Input("healthz-path", "/healthz", "the tenant's health path (the real tenants serve /health)"),
+        Input("buildinfo-path", "/buildinfo", "the tenant's build path"),
         Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), when no report exists"),
         Input("report", "", "path of the JSON report"),
+        Input(
+            "response",
+            "",
+            "a redeploy-fleet answer, or a deploy script's aggregate of several: its rows' slugs are the tenants "
+            "to verify, its stragglers (absent: none) are quarantined",
+        ),
         Input("allow-http", "false", "allow plain http:// to hosts other than loopback"),
         Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
     )
@@ -170,6 +178,20 @@ def expected_sha(text: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{7,64}", text):
         raise ContractError(f"expected-sha must be at least 7 hex digits: got {show(text)}")
     return text.lower()
+
+
+def tenant_path(name: str, text: str) -> str:
+    """A path on the tenant: absolute, no '..' segment, no query or fragment, nothing to escape."""
+    if (
+        not text.startswith("/")
+        or text.startswith("//")
+        or any(part == ".." for part in text.split("/"))
+        or re.search(r"[?#%\\\s\x00-\x1f\x7f]", text)
+    ):
+        raise ContractError(
+            f"{name} must be an absolute path like /healthz (no '..', query or fragment): got {show(text)}"
+        )
+    return text
 
 
 def tenant_template(text: str) -> str:

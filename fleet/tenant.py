@@ -47,9 +47,20 @@ def health_problem(reply: Reply) -> tuple[str, str] | None:
 
 
 class Tenants:
-    def __init__(self, template: str, *, allow_http: bool, ca_bundle: str | None, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        template: str,
+        *,
+        allow_http: bool,
+        ca_bundle: str | None,
+        concurrency: int = 32,
+        healthz_path: str = "/healthz",
+        buildinfo_path: str = "/buildinfo",
+    ) -> None:
         self.template = template
         self.allow_http = allow_http
+        self.healthz_path = healthz_path
+        self.buildinfo_path = buildinfo_path
         self.pool = http.bounded(
             urllib3.PoolManager(
                 num_pools=1024,  # one per tenant host when each tenant has its own name

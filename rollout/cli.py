@@ -14,12 +14,12 @@ from fleet.cp import ControlPlane, CPError
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
 from rollout import drive, summary
 from rollout.coverage import STRAGGLER
-from rollout.plan import Plan, Settings, make_plan, plan_record, run_seconds, settings_from
+from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
 
 NAMES = (
     "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
     "max-stragglers", "mode", "slugs", "dry-run", "poll-interval-seconds", "cp-timeout-seconds", "report",
-    "allow-http", "ca-bundle", "verify-timeout-seconds", "concurrency",
+    "allow-http", "ca-bundle", "verify-timeout-seconds", "concurrency", "healthz-path", "buildinfo-path",
 )  # fmt: skip
 
 
@@ -47,15 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from(values, os.environ, 1 if step.from_env else 0, verify_follows=step.from_env)
             inputs.check_token(token)
             cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
-            plan = make_plan(settings, cp.list_fleet())
+            plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
             cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
             _log_plan(settings, plan)
             result = drive.Result.for_plan(plan)
             drive.run(settings, plan, cp, drive.healthz_watch(settings), result)
     except ContractError as exc:
         # Bad input, found before anything was redeployed; after a redeploy it is a failed rollout.
-        sent = cp is not None and any(call["method"] == "POST" for call in cp.calls)
-        failure, code = str(exc), EXIT_FAILED if sent else EXIT_BAD_INPUT
+        failure, code = str(exc), EXIT_FAILED if cp is not None and cp.sent_real_call else EXIT_BAD_INPUT
     except CPError as exc:
         failure = str(exc)
     except runner.Terminated as exc:
@@ -120,6 +119,8 @@ def _report(settings, plan, result, cp, ok, verdict, message, started) -> dict:
         doc["tenants"] = [o.record() for o in result.outcomes.values()]
         if result.stragglers():
             doc["stragglers"] = result.stragglers()
+        if result.outside:
+            doc["outside_scope"] = result.outside
     doc["rollout"] = {
         "ok": ok,
         "verdict": verdict,

@@ -1,6 +1,7 @@
 """Pure judgement of what a redeploy answer covered. The control plane's `ok` and `stragglers` are not
-trusted alone: a tenant is shipped only when its own result says verified_on_target, and a tenant in
-scope with no result is a straggler (never a silent skip)."""
+trusted alone: a tenant is shipped only when its own row says verified_on_target, a tenant in scope
+with no row is a straggler (never a silent skip), and a row outside the call's scope means the control
+plane widened the call."""
 
 from __future__ import annotations
 
@@ -41,37 +42,42 @@ def reason_of(result: dict[str, Any]) -> str:
     return ", ".join(parts) or "not verified on target"
 
 
+UNPROVEN = "the control plane's row has no verified_on_target, so nothing proves it runs the target"
+
+
 def assess(
     expected: list[str], answer: dict[str, Any], *, dry_run: bool = False, may_halt: bool = False
 ) -> tuple[list[Outcome], list[str]]:
-    """Outcomes for the tenants one call covered, and notes on results outside them. A tenant with no
-    result is a straggler; only when the call failed and the control plane may have halted before
-    reaching it (`may_halt`, a fleet call) is its outcome unknown."""
-    results: dict[str, dict[str, Any]] = {}
-    for result in answer["results"]:
-        if result["slug"] in results:
-            raise ContractError(f"redeploy answer rejected: two results for slug {show(result['slug'])}")
-        results[result["slug"]] = result
+    """Outcomes for the tenants one call covered, and the tenants it answered for outside them (in
+    answer order). A tenant with no row is a straggler; only when the call failed and the control plane
+    may have halted before reaching it (`may_halt`, a fleet call) is its outcome unknown."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in answer["results"]:
+        if row["slug"] in rows:
+            raise ContractError(f"redeploy answer rejected: two rows for slug {show(row['slug'])}")
+        rows[row["slug"]] = row
     claimed = set(answer.get("stragglers") or ())
     wanted = set(expected)
-    notes = [f"result for {slug}, which this call did not cover, ignored" for slug in results if slug not in wanted]
+    outside = [slug for slug in rows if slug not in wanted]
     outcomes = []
     for slug in expected:
-        result = results.get(slug)
-        phase = result.get("phase") if result else None
+        row = rows.get(slug)
+        phase = row.get("phase") if row else None
         if dry_run:
-            outcomes.append(Outcome(slug, PLANNED, phase, (result or {}).get("error")))
-        elif result is None and may_halt and not answer["ok"]:
-            outcomes.append(Outcome(slug, UNKNOWN, None, "no result: the control plane reported failure"))
-        elif result is None:
-            outcomes.append(Outcome(slug, STRAGGLER, None, "no result from the control plane"))
-        elif result["verified_on_target"] is not True:
-            outcomes.append(Outcome(slug, STRAGGLER, phase, reason_of(result)))
+            outcomes.append(Outcome(slug, PLANNED, phase, (row or {}).get("error")))
+        elif row is None and may_halt and not answer["ok"]:
+            outcomes.append(Outcome(slug, UNKNOWN, None, "no row: the control plane reported failure"))
+        elif row is None:
+            outcomes.append(Outcome(slug, STRAGGLER, None, "no row from the control plane"))
+        elif "verified_on_target" not in row:
+            outcomes.append(Outcome(slug, STRAGGLER, phase, UNPROVEN))
+        elif row["verified_on_target"] is not True:
+            outcomes.append(Outcome(slug, STRAGGLER, phase, reason_of(row)))
         elif slug in claimed:
             outcomes.append(Outcome(slug, STRAGGLER, phase, "the control plane listed it as a straggler"))
         else:
             outcomes.append(Outcome(slug, SHIPPED, phase, None))
-    return outcomes, notes
+    return outcomes, outside
 
 
 def stragglers(outcomes: list[Outcome]) -> list[str]:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet import runner
-from fleet.cp import ControlPlane
+from fleet.contract import show
+from fleet.cp import ControlPlane, CPRefused
 from fleet.tenant import REQUEST_SECONDS, Tenants, health_problem
 from rollout import coverage
 from rollout import plan as planning
@@ -22,6 +23,8 @@ CANARY_FAILED = "canary-failed"
 SYSTEMIC = "systemic"
 FAILED = "failed"
 PLANNED = "planned"
+CANNOT_SCOPE = "cannot-scope"  # the scope probe showed a control plane that ignores or refuses only_slugs
+WIDENED = "widened"  # a real call answered for tenants outside its only_slugs
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Result:
     message: str = ""
     notes: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)  # tenants of the call under way
+    outside: list[str] = field(default_factory=list)  # tenants a real call touched outside its scope
 
     @property
     def ok(self) -> bool:
@@ -78,9 +82,13 @@ def healthz_watch(settings: Settings) -> SoakWatch:
             time.sleep(seconds)
             return None
         tenants = Tenants(
-            settings.tenant_url_template, allow_http=settings.allow_http, ca_bundle=settings.ca_bundle, concurrency=1
+            settings.tenant_url_template,
+            allow_http=settings.allow_http,
+            ca_bundle=settings.ca_bundle,
+            concurrency=1,
+            healthz_path=settings.healthz_path,
         )
-        url = tenants.base(slug) + "/healthz"
+        url = tenants.base(slug) + settings.healthz_path
         end = time.monotonic() + seconds
         while True:
             # A poll started just before the soak ends still gets its full time to answer.
@@ -109,8 +117,68 @@ def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, resu
 
 
 def _redeploy(cp: ControlPlane, result: Result, body: dict, kind: str, slugs: list[str]):
+    """One call, its rows judged. A real call that answers for tenants outside its only_slugs has
+    widened: the rollout halts there, naming them (Result.verdict WIDENED)."""
     result.in_flight = slugs  # until `take` records their outcomes
-    return cp.redeploy(body, kind)
+    answer = cp.redeploy(body, kind)
+    dry = bool(body.get("dry_run"))
+    outcomes, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
+    result.take(outcomes)
+    if outside and "only_slugs" in body:
+        if dry:
+            _cannot_scope(result, body, f"its dry run answered for {_names(outside)} too")
+        else:
+            result.outside += [s for s in outside if s not in result.outside]
+            result.verdict = WIDENED
+            result.message = (
+                f"the control plane widened the {kind} call beyond its only_slugs, redeploying {_names(outside)}; "
+                "halted: this control plane ignores only_slugs, so use mode: fleet with it"
+            )
+            result.leave(list(result.outcomes), f"not attempted: the rollout halted when the {kind} call widened")
+    elif outside:
+        result.notes.append(f"the control plane answered for tenants its dry run did not list: {_names(outside)}")
+    return answer
+
+
+def _names(slugs: list[str], limit: int = 10) -> str:
+    more = f" and {len(slugs) - limit} more" if len(slugs) > limit else ""
+    return ", ".join(slugs[:limit]) + more
+
+
+def _cannot_scope(result: Result, body: dict, what: str) -> None:
+    result.verdict = CANNOT_SCOPE
+    result.message = (
+        f"the control plane cannot scope a call: asked for only_slugs {_names(body['only_slugs'])} in a dry run, "
+        f"{runner.plain(what)}; nothing was deployed: use mode: fleet with this control plane"
+    )
+    result.leave(list(result.outcomes), "not attempted: the control plane cannot scope a call")
+
+
+def _probe(cp: ControlPlane, result: Result, body: dict, slugs: list[str]) -> bool:
+    """Before the first real scoped call, its dry run must answer for exactly its tenants."""
+    try:
+        answer = cp.redeploy(planning.probe_body(body), "probe")
+    except CPRefused as exc:
+        _cannot_scope(result, body, f"it refused the call: {show(exc.said) if exc.said else exc}")
+        return False
+    answered = [row["slug"] for row in answer.rows]
+    if not answer.succeeded:
+        _cannot_scope(result, body, f"its dry run failed (HTTP {answer.status}): {answer.error}")
+        return False
+    if sorted(answered) != sorted(slugs):
+        extra = [s for s in answered if s not in slugs]
+        missing = [s for s in slugs if s not in answered]
+        said = ", ".join(
+            part
+            for part in (
+                f"answered for {_names(extra)} too" if extra else "",
+                f"did not answer for {_names(missing)}" if missing else "",
+            )
+            if part
+        )
+        _cannot_scope(result, body, f"it {said}")
+        return False
+    return True
 
 
 def _judge_canary(result: Result, plan: Plan, outcome: Outcome, cp_error: str | None) -> bool:
@@ -126,6 +194,10 @@ def _judge_canary(result: Result, plan: Plan, outcome: Outcome, cp_error: str | 
     return False
 
 
+def _halted(result: Result) -> bool:
+    return result.verdict in (WIDENED, CANNOT_SCOPE)
+
+
 def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, result: Result) -> None:
     if settings.dry_run:
         calls = ([("canary", [plan.canary], planning.canary_body(settings, plan))] if plan.canary else []) + [
@@ -133,26 +205,30 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
         ]
         for kind, slugs, body in calls:
             answer = _redeploy(cp, result, body, kind, slugs)
-            outcomes, notes = coverage.assess(slugs, answer.document, dry_run=True)
-            result.take(outcomes)
-            result.notes.extend(notes)
-            if _rejected_plan(result, answer, kind):
+            if _halted(result) or _rejected_plan(result, answer, kind):
                 return
         result.verdict = PLANNED
         result.message = f"dry run: {len(plan.scope)} tenants planned in {len(calls)} calls; nothing was deployed"
         return
 
     if plan.canary:
+        first_body, first_slugs = planning.canary_body(settings, plan), [plan.canary]
+    else:
+        first_body, first_slugs = planning.batch_body(settings, plan.batches[0], plan.budget), plan.batches[0]
+    if not _probe(cp, result, first_body, first_slugs):
+        return
+
+    if plan.canary:
+        runner.log(f"canary: {plan.canary}")
         answer = _redeploy(cp, result, planning.canary_body(settings, plan), "canary", [plan.canary])
-        outcomes, notes = coverage.assess([plan.canary], answer.document)
-        result.take(outcomes)
-        result.notes.extend(notes)
-        ok = answer.document["ok"] and answer.status == 200
-        if not _judge_canary(result, plan, outcomes[0], None if ok else answer.document.get("error")):
+        if _halted(result):
+            return
+        ok = answer.succeeded
+        if not _judge_canary(result, plan, result.outcomes[plan.canary], None if ok else answer.error):
             return
         if not ok:  # verified, yet the call failed: trust the failure
             result.verdict = FAILED
-            result.message = f"control plane reported the canary call failed: {_cp_error(answer.document)}"
+            result.message = f"control plane reported the canary call failed: {answer.error}"
             result.leave(plan.scope, "not attempted: the canary call failed")
             return
         if settings.soak_seconds:
@@ -173,10 +249,9 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
         unspent = plan.budget - len(spent)
         runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
         answer = _redeploy(cp, result, planning.batch_body(settings, batch, unspent), "batch", batch)
-        outcomes, notes = coverage.assess(batch, answer.document)
-        result.take(outcomes)
-        result.notes.extend(notes)
-        spent += coverage.stragglers(outcomes)
+        if _halted(result):
+            return
+        spent += [s for s in batch if result.outcomes[s].outcome == STRAGGLER]
         halted = f"not attempted: the rollout halted at batch {number} of {len(plan.batches)}"
         if coverage.over_budget(len(spent), plan.budget):
             result.verdict = SYSTEMIC
@@ -188,10 +263,10 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
             )
             result.leave(plan.scope, halted)
             return
-        if not answer.document["ok"] or answer.status != 200:
+        if not answer.succeeded:
             result.verdict = FAILED
             result.message = (
-                f"control plane reported batch {number} failed: {_cp_error(answer.document)}; "
+                f"control plane reported batch {number} failed: {answer.error}; "
                 "halted, later batches left on their old build"
             )
             result.leave(plan.scope, halted)
@@ -200,21 +275,21 @@ def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWat
 
 
 def _run_fleet(settings: Settings, plan: Plan, cp: ControlPlane, result: Result) -> None:
-    answer = _redeploy(cp, result, planning.fleet_body(settings, plan), "fleet", plan.scope)
-    # The control plane halts a failed fleet call part-way: tenants with no result may be untouched.
-    outcomes, notes = coverage.assess(plan.scope, answer.document, dry_run=settings.dry_run, may_halt=True)
-    result.take(outcomes)
-    result.notes.extend(notes)
+    body = planning.fleet_body(settings, plan)
+    if planning.probes(settings) and not _probe(cp, result, body, plan.scope):
+        return
+    # The control plane halts a failed fleet call part-way: tenants with no row may be untouched.
+    answer = _redeploy(cp, result, body, "fleet", plan.scope)
+    if _halted(result):
+        return
     if settings.dry_run:
         if _rejected_plan(result, answer, "fleet"):
             return
         result.verdict = PLANNED
         result.message = f"dry run: {len(plan.scope)} tenants planned in 1 call; nothing was deployed"
         return
-    failed = not answer.document["ok"] or answer.status != 200
-    if plan.canary and not _judge_canary(
-        result, plan, result.outcomes[plan.canary], _cp_error(answer.document) if failed else None
-    ):
+    failed = not answer.succeeded
+    if plan.canary and not _judge_canary(result, plan, result.outcomes[plan.canary], answer.error if failed else None):
         return
     spent = [s for s in result.stragglers() if s != plan.canary]
     if coverage.over_budget(len(spent), plan.budget):
@@ -223,17 +298,17 @@ def _run_fleet(settings: Settings, plan: Plan, cp: ControlPlane, result: Result)
         return
     if failed:
         result.verdict = FAILED
-        result.message = f"control plane reported the fleet call failed: {_cp_error(answer.document)}"
+        result.message = f"control plane reported the fleet call failed: {answer.error}"
         return
     _finish(settings, plan, result, spent)
 
 
 def _rejected_plan(result: Result, answer, kind: str) -> bool:
     """A dry run the control plane answered with a failure fails too: its plan would not hold."""
-    if answer.document["ok"] and answer.status == 200:
+    if answer.succeeded:
         return False
     result.verdict = FAILED
-    result.message = f"control plane rejected the dry run's {kind} call: {_cp_error(answer.document)}"
+    result.message = f"control plane rejected the dry run's {kind} call: {answer.error}"
     return True
 
 
@@ -245,7 +320,3 @@ def _finish(settings: Settings, plan: Plan, result: Result, spent: list[str]) ->
         result.message += (
             f"; {len(spent)} quarantined within the budget of {plan.budget} ({', '.join(spent)}): recover individually"
         )
-
-
-def _cp_error(doc: dict) -> str:
-    return runner.plain(doc.get("error") or "no error given")

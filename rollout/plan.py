@@ -73,6 +73,7 @@ class Settings:
     cp_timeout: float
     allow_http: bool
     ca_bundle: str | None
+    healthz_path: str = "/healthz"
 
 
 def settings_from(
@@ -98,6 +99,7 @@ def settings_from(
     sha = values["expected-sha"]
     if "concurrency" in values:
         inputs.verify_limits(values)  # verify's own inputs fail here, before the fleet moves
+        inputs.tenant_path("buildinfo-path", values["buildinfo-path"])
     if verify_follows and template and not sha:
         raise ContractError("expected-sha is required with tenant-url-template: verify checks buildinfo against it")
     return Settings(
@@ -116,6 +118,7 @@ def settings_from(
         cp_timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
         allow_http=allow_http,
         ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
+        healthz_path=inputs.tenant_path("healthz-path", values["healthz-path"]),
     )
 
 
@@ -132,8 +135,6 @@ class Plan:
 
 def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     """Scope, canary and batches from the validated fleet; unknown names fail before any call."""
-    if not fleet:
-        raise ContractError("the control plane lists no tenants: nothing to roll out")
     notes: list[str] = []
     scope = contract.narrow(fleet, settings.slugs) if settings.slugs is not None else list(fleet)
     canary = settings.canary_slug
@@ -152,22 +153,40 @@ RUN_MARGIN_SECONDS = 60.0
 
 
 def run_seconds(settings: Settings, plan: Plan) -> float:
-    """The rollout's deadline after planning: each redeploy call may take cp-timeout-seconds, the
-    canary soak its soak-seconds plus one healthz request, and a margin for the rest."""
+    """The rollout's deadline after planning: each call (the scope probe included) may take
+    cp-timeout-seconds, the canary soak its soak-seconds plus one health request, and a margin."""
     calls = 1 if settings.mode == "fleet" else len(plan.batches) + (1 if plan.canary else 0)
+    calls += 1 if probes(settings) else 0
     soaks = plan.canary and settings.mode == "scoped" and settings.soak_seconds
     soak = settings.soak_seconds + REQUEST_SECONDS if soaks else 0
     return calls * settings.cp_timeout + soak + RUN_MARGIN_SECONDS
 
 
+def probes(settings: Settings) -> bool:
+    """Whether the first real call carries only_slugs, and so needs a scoped dry run before it."""
+    return not settings.dry_run and (settings.mode == "scoped" or settings.slugs is not None)
+
+
 def _base_body(settings: Settings) -> dict[str, Any]:
-    return {"target_tag": settings.target_tag, "batch_size": settings.batch_size, "dry_run": settings.dry_run}
+    # The real caller always confirms: the control plane refuses an unscoped call without it.
+    return {"target_tag": settings.target_tag, "batch_size": settings.batch_size, "dry_run": settings.dry_run,
+            "confirm": True}  # fmt: skip
+
+
+def enumeration_body(settings: Settings) -> dict[str, Any]:
+    """The unscoped dry run whose rows are the fleet: the control plane has no listing endpoint."""
+    return _base_body(settings) | {"dry_run": True}
+
+
+def probe_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A scoped call's dry run: a control plane that can scope answers for exactly its only_slugs."""
+    return body | {"dry_run": True}
 
 
 def canary_body(settings: Settings, plan: Plan) -> dict[str, Any]:
     # The action soaks the canary itself, watching its health; the control plane need not wait.
     return _base_body(settings) | {
-        "slugs": [plan.canary],
+        "only_slugs": [plan.canary],
         "canary_slug": plan.canary,
         "max_stragglers": 0,
         "soak_seconds": 0,
@@ -175,7 +194,7 @@ def canary_body(settings: Settings, plan: Plan) -> dict[str, Any]:
 
 
 def batch_body(settings: Settings, batch: list[str], unspent: int) -> dict[str, Any]:
-    return _base_body(settings) | {"slugs": batch, "canary_slug": "", "max_stragglers": unspent, "soak_seconds": 0}
+    return _base_body(settings) | {"only_slugs": batch, "max_stragglers": unspent, "soak_seconds": 0}
 
 
 def fleet_body(settings: Settings, plan: Plan) -> dict[str, Any]:
@@ -185,7 +204,7 @@ def fleet_body(settings: Settings, plan: Plan) -> dict[str, Any]:
         "max_stragglers": plan.budget,
     }
     if settings.slugs is not None:
-        body["slugs"] = plan.scope
+        body["only_slugs"] = plan.scope
     return body
 
 

@@ -71,6 +71,15 @@ def render(
         parts += [f"- `{o.slug}`: {md(o.reason or '')}" for o in stragglers]
         parts += ["", "Redeploy just these once fixed (or run the action with `slugs:` set to them):", ""]
         parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
+    if result.outside:
+        parts += ["### Touched outside the call's scope", ""]
+        parts += [
+            "The control plane answered for these tenants although no call's `only_slugs` named them: "
+            "it may have redeployed them. Check them before anything else.",
+            "",
+            markdown.code_list(result.outside),
+            "",
+        ]
     for line in result.notes:
         parts.append(f"> {md(line)}")
     rows = [(f"`{o.slug}`", o.phase or "", o.outcome, md(o.reason or "")) for o in outcomes]

@@ -1,11 +1,23 @@
-"""A simulated control plane and tenant fleet that speak the contract on loopback.
+"""A simulated control plane, tenant fleet and forge API that speak the contract on loopback.
 
-``Sandbox`` serves a scenario (``sandbox/scenarios/*.yml`` or any YAML file of the same shape):
-tenants that are healthy, wedged, slow, stale, flapping or unreachable after a redeploy, and a
-control plane that can be made to fail. ``python -m sandbox --scenario incident`` runs one.
+``Sandbox`` serves a scenario (``sandbox/scenarios/*.yml`` or any YAML file of the same shape): tenants
+that are healthy, wedged, slow, stale, flapping, unreachable or stopped, a control plane with the one
+redeploy-fleet endpoint that can be made to fail, and the GitHub/Gitea reads a rollout makes (branch head,
+Actions variables). Behaviours, the head and variables can be changed while it runs.
+``python -m sandbox --scenario incident`` runs one.
 """
 
-from .scenario import BEHAVIOURS, FAULTS, PRESETS_DIR, load_scenario, preset_names, sha_for_tag
-from .server import Sandbox
+from .scenario import BEHAVIOURS, FAULT_TARGETS, FAULTS, PRESETS_DIR, load_scenario, preset_names, sha_for_tag
+from .server import HTML_ERROR_PAGE, Sandbox
 
-__all__ = ["BEHAVIOURS", "FAULTS", "PRESETS_DIR", "Sandbox", "load_scenario", "preset_names", "sha_for_tag"]
+__all__ = [
+    "BEHAVIOURS",
+    "FAULTS",
+    "FAULT_TARGETS",
+    "HTML_ERROR_PAGE",
+    "PRESETS_DIR",
+    "Sandbox",
+    "load_scenario",
+    "preset_names",
+    "sha_for_tag",
+]

@@ -76,14 +76,19 @@ def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str) -> None:
     state = sandbox.state()["tenants"]
     shipped = sorted(s for s, t in state.items() if t["serving_sha"] == head)
     held = sorted(s for s, t in state.items() if t["serving_sha"] != head)
-    calls = [c for c in sandbox.cp_calls if c["method"] == "POST"]
+    posts = [c for c in sandbox.cp_calls if c["method"] == "POST"]
+    calls = [c for c in posts if not c["dry_run"]]
     print()
     print("What happened")
-    print(f"  - The action listed the fleet ({len(state)} tenants) and redeployed it in {len(calls)} calls:")
+    print(
+        f"  - The action enumerated the fleet with a dry run ({len(state)} tenants), checked with a second dry"
+        " run that the control plane honours only_slugs,"
+    )
+    print(f"    then redeployed the fleet in {len(calls)} calls:")
     for call in calls:
         body = call["body"] or {}
         kind = "canary" if body.get("canary_slug") else "batch "
-        print(f"      {kind} {', '.join(body.get('slugs', []))}  (max_stragglers {body.get('max_stragglers')})")
+        print(f"      {kind} {', '.join(body.get('only_slugs', []))}  (max_stragglers {body.get('max_stragglers')})")
     print(f"  - The new build ({head[:12]}) now runs on {len(shipped)} tenants: {', '.join(shipped)}.")
     if held:
         print(f"  - Still on the old build: {', '.join(held)}.")

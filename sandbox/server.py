@@ -1,9 +1,15 @@
-"""A simulated control plane and tenant fleet serving the contract on loopback, from one process.
+"""A simulated control plane, tenant fleet and forge API serving the contract on loopback, from one process.
 
-One threaded HTTP server answers both sides: the control plane under ``/cp/admin/...`` (bearer token
-required) and every tenant under ``/t/<slug>/healthz`` and ``/t/<slug>/buildinfo``. Tenant answers
-are prebuilt byte strings handed out under one lock, so a fleet of thousands can be polled at once.
-``/sandbox/state`` shows what happened, for people and for tests that run the sandbox as a process.
+One threaded HTTP server answers every side:
+
+- the control plane's one endpoint, ``POST /cp/admin/tenants/redeploy-fleet`` (bearer token required);
+- every tenant under ``/t/<slug>/...``: health at the scenario's ``health_paths``, buildinfo at ``/buildinfo``;
+- the forge: GitHub's API under ``/github`` and Gitea's under ``/api/v1`` (branch head, Actions variables);
+- the sandbox itself: ``GET /sandbox/state``, ``POST /sandbox/tenants/<slug>`` (change a behaviour) and
+  ``POST /sandbox/forge`` (move the head, set variables), no token: it is a loopback simulator.
+
+Tenant answers are prebuilt byte strings handed out under one lock, so a fleet of thousands can be polled
+at once. The sandbox is self-contained: it checks requests itself and imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -18,15 +24,19 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
-from fleet.contract import ContractError, parse_json, show, validate
+from .scenario import BEHAVIOURS, BUILDINFO_PATH, load_scenario, sha_for_tag
 
-from .scenario import load_scenario, sha_for_tag
-
-LIST_PATH = "/cp/admin/tenants"
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 STATE_PATH = "/sandbox/state"
+TENANTS_PATH = "/sandbox/tenants/"
+FORGE_PATH = "/sandbox/forge"
+GITHUB_PREFIX = "/github"
+GITEA_PREFIX = "/api/v1"
+IMAGE = "registry.example/app"
 MAX_BODY = 1 << 20
+SHOW_LIMIT = 80
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -36,6 +46,61 @@ HTML_ERROR_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
+
+REQUEST_FIELDS: dict[str, tuple[type, str]] = {
+    "target_tag": (str, "a string"),
+    "canary_slug": (str, "a string"),
+    "soak_seconds": (int, "an integer >= 0"),
+    "batch_size": (int, "an integer >= 1"),
+    "max_stragglers": (int, "an integer >= 0"),
+    "dry_run": (bool, "true or false"),
+    "confirm": (bool, "true or false"),
+    "only_slugs": (list, "a non-empty array of slugs"),
+}
+MINIMUM = {"soak_seconds": 0, "batch_size": 1, "max_stragglers": 0}
+
+Answer = tuple[int, str, bytes]
+
+
+def show(value: Any, limit: int = SHOW_LIMIT) -> str:
+    """A value as a short, escaped, single-line literal for error messages."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    doc: dict = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"key {show(key)} appears twice")
+        doc[key] = value
+    return doc
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Strict JSON (UTF-8, no NaN/Infinity, no duplicate keys); ValueError names `what` and the cause."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError(f"{what}: JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{what} is not JSON: {show(text.strip(), 60)}") from None
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+class BadRequest(ValueError):
+    """A request the sandbox answers with 400."""
 
 
 def _head(status: int, content_type: str, length: int, extra: tuple[str, ...] = ()) -> str:
@@ -57,8 +122,16 @@ def _json_bytes(doc: Any) -> bytes:
     return json.dumps(doc).encode("utf-8")
 
 
-HEALTHZ_UP = _raw(200, TEXT_TYPE, b"ok")
-HEALTHZ_DOWN = _raw(503, TEXT_TYPE, b"unavailable")
+def _json(status: int, doc: Any) -> Answer:
+    return status, JSON_TYPE, _json_bytes(doc)
+
+
+# A tenant's answers: (status, whole response). A status of None drops the connection unanswered.
+Reply = tuple[int | None, bytes | None]
+HEALTH_UP: Reply = (200, _raw(200, TEXT_TYPE, b"ok"))
+HEALTH_DOWN: Reply = (503, _raw(503, TEXT_TYPE, b"unavailable"))
+STOPPED: Reply = (503, _raw(503, TEXT_TYPE, b"tenant stopped"))
+DROPPED: Reply = (None, None)
 
 
 class _Build:
@@ -69,7 +142,7 @@ class _Build:
     def __init__(self, tag: str, sha: str) -> None:
         self.tag = tag
         self.sha = sha
-        self.buildinfo = _raw(200, JSON_TYPE, _json_bytes({"git_sha": sha, "tag": tag}))
+        self.buildinfo: Reply = (200, _raw(200, JSON_TYPE, _json_bytes({"git_sha": sha, "tag": tag})))
 
 
 class _Tenant:
@@ -87,13 +160,14 @@ class _Tenant:
         "deployed_at",
         "redeploys",
         "flaps",
+        "live",
     )
 
     def __init__(self, spec: dict, old: _Build) -> None:
-        self.slug = spec["slug"]
-        self.behaviour = spec["behaviour"]
+        self.slug: Any = spec["slug"]
+        self.behaviour: str = spec["behaviour"]
         self.ready_after = float(spec["ready_after"])
-        self.cp_verified = spec["cp_verified"]
+        self.cp_verified: bool | None = spec["cp_verified"]
         self.serving = old
         self.pending: _Build | None = None
         self.ready_at = 0.0
@@ -101,6 +175,26 @@ class _Tenant:
         self.deployed_at: float | None = None
         self.redeploys = 0
         self.flaps = 0
+        # Until its first redeploy a tenant is healthy on its old build, whatever its behaviour; a
+        # behaviour set while the sandbox runs applies at once.
+        self.live = False
+
+    @property
+    def candidate(self) -> bool:
+        """Whether the control plane would redeploy this tenant (stopped ones are left out)."""
+        return self.behaviour != "stopped"
+
+    def settle(self, now: float) -> None:
+        if self.pending is not None and now >= self.ready_at:
+            self.serving, self.pending = self.pending, None
+
+    def set_behaviour(self, behaviour: str, now: float) -> None:
+        """Change what the tenant does from now on; it keeps serving the build it serves."""
+        self.settle(now)
+        self.pending = None
+        self.behaviour = behaviour
+        self.flaps = 0
+        self.live = True
 
     def redeploy(self, build: _Build, now: float) -> None:
         self.deployed_tag = build.tag
@@ -115,34 +209,34 @@ class _Tenant:
             self.ready_at = now + self.ready_after
         # wedged and stale keep serving what they had; unreachable never answers anyway.
 
-    def answer(self, what: str, now: float) -> bytes | None:
-        """The response to ``GET /t/<slug>/<what>``, or None to drop the connection unanswered."""
-        if self.deployed_tag is None:
-            return HEALTHZ_UP if what == "healthz" else self.serving.buildinfo
+    def answer(self, what: str, now: float) -> Reply:
+        """The answer to a health (``what`` = "health") or buildinfo request."""
         behaviour = self.behaviour
+        if behaviour == "stopped":
+            return STOPPED
+        if self.deployed_tag is None and not self.live:
+            return HEALTH_UP if what == "health" else self.serving.buildinfo
         if behaviour == "unreachable":
-            return None
-        if self.pending is not None and now >= self.ready_at:
-            self.serving = self.pending
-            self.pending = None
+            return DROPPED
+        self.settle(now)
         if what == "buildinfo":
             return self.serving.buildinfo
         if behaviour == "wedged":
-            return HEALTHZ_DOWN
+            return HEALTH_DOWN
         if behaviour == "slow":
-            return HEALTHZ_DOWN if self.pending is not None else HEALTHZ_UP
+            return HEALTH_DOWN if self.pending is not None else HEALTH_UP
         if behaviour == "flapping":
             self.flaps += 1
-            return HEALTHZ_UP if self.flaps % 2 else HEALTHZ_DOWN
-        return HEALTHZ_UP
+            return HEALTH_UP if self.flaps % 2 else HEALTH_DOWN
+        return HEALTH_UP
 
-    def cp_result(self, phase: str) -> dict:
+    def cp_result(self, phase: str, build: _Build) -> dict:
         """What the control plane claims about this tenant after redeploying it."""
         if self.cp_verified is not None:
             verified = self.cp_verified
         else:
             verified = self.behaviour not in ("wedged", "unreachable")
-        result = {
+        result: dict[str, Any] = {
             "slug": self.slug,
             "phase": phase,
             "ssm_status": "Success",
@@ -150,6 +244,7 @@ class _Tenant:
             "healthz_ok": True,
             "verified_on_target": True,
             "error": None,
+            "running_image": f"{IMAGE}:{build.tag}",
         }
         if verified:
             return result
@@ -160,9 +255,15 @@ class _Tenant:
                 healthz_ok=None,
                 verified_on_target=False,
                 error="unreachable",
+                running_image=None,
             )
         else:
-            result.update(healthz_ok=False, verified_on_target=False, error="healthz timeout")
+            result.update(
+                healthz_ok=False,
+                verified_on_target=False,
+                error="healthz timeout",
+                running_image=f"{IMAGE}:{self.serving.tag}",
+            )
         return result
 
     def state(self) -> dict:
@@ -273,10 +374,14 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox = self.server.sandbox
         if path == "/cp" or path.startswith("/cp/"):
             self._control_plane(sandbox, path, body)
-        elif path == STATE_PATH and self.command == "GET":
-            self._send_json(200, sandbox.state())
+        elif path.startswith((GITHUB_PREFIX + "/", GITEA_PREFIX + "/")) or path in (GITHUB_PREFIX, GITEA_PREFIX):
+            self._forge(sandbox, path)
+        elif path == STATE_PATH or path == FORGE_PATH or path.startswith(TENANTS_PATH):
+            self._sandbox(sandbox, path, body)
         else:
             self._send_json(404, {"error": f"no such path: {show(path)}"})
+
+    # -- tenants -----------------------------------------------------------------------------------
 
     def _tenant(self, path: str) -> None:
         arrived = time.time()
@@ -285,18 +390,24 @@ class _Handler(BaseHTTPRequestHandler):
         slug, _, what = path[3:].partition("/")
         sandbox = self.server.sandbox
         tenant = sandbox._routes.get(slug)
-        if tenant is None or what not in ("healthz", "buildinfo"):
-            self._send_json(404, {"error": f"no such tenant path: {show(path)}"})
+        if tenant is None:
+            self._send_json(404, {"error": f"no such tenant: {show(slug)}"})
             return
         if self.command != "GET":
             self._send_json(405, {"error": "tenants answer GET only"}, ("Allow: GET",))
             return
+        kind = "health" if "/" + what in sandbox._health_paths else "buildinfo" if "/" + what == BUILDINFO_PATH else ""
         if sandbox._latency:
             time.sleep(sandbox._latency)
         authorization = "Authorization" in self.headers
         with sandbox._lock:
-            sandbox._hits[slug].append({"path": what, "authorization": authorization, "time": arrived})
-            response = tenant.answer(what, time.time())
+            status, response = tenant.answer(kind, time.time()) if kind else (404, None)
+            sandbox._hits[slug].append(
+                {"path": what, "authorization": authorization, "status": status, "time": arrived}
+            )
+        if status == 404:
+            self._send_json(404, {"error": f"no such tenant path: {show(path)}"})
+            return
         if response is None:
             self.close_connection = True  # unreachable: the connection ends without an answer
             return
@@ -304,78 +415,136 @@ class _Handler(BaseHTTPRequestHandler):
             response = response.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
         self.wfile.write(response)
 
+    # -- control plane -----------------------------------------------------------------------------
+
     def _control_plane(self, sandbox: Sandbox, path: str, raw: bytes) -> None:
         arrived = time.time()
         try:
-            body = parse_json(raw, "request body") if raw else None
-        except ContractError:
-            body = None
+            body: Any = parse_json(raw, "request body")
+            problem = None
+        except ValueError as exc:
+            body, problem = None, str(exc)
+        dry_run = isinstance(body, dict) and body.get("dry_run") is True
         authorized = sandbox._authorized(self.headers.get("Authorization"))
         if sandbox._latency:
             time.sleep(sandbox._latency)
         extra: tuple[str, ...] = ()
         if not authorized:
-            status, content_type, payload = (
-                401,
-                JSON_TYPE,
-                _json_bytes({"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"}),
+            status, content_type, payload = _json(
+                401, {"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"}
             )
             extra = ('WWW-Authenticate: Bearer realm="sandbox"',)
-        elif path == LIST_PATH and self.command == "GET":
-            status, content_type, payload = sandbox._list()
         elif path == REDEPLOY_PATH and self.command == "POST":
-            status, content_type, payload = sandbox._redeploy(raw)
-        elif path in (LIST_PATH, REDEPLOY_PATH):
-            allowed = "GET" if path == LIST_PATH else "POST"
-            status, content_type, payload = 405, JSON_TYPE, _json_bytes({"error": f"{path} accepts {allowed} only"})
-            extra = (f"Allow: {allowed}",)
+            status, content_type, payload = sandbox._redeploy(body, problem, dry_run)
+        elif path == REDEPLOY_PATH:
+            status, content_type, payload = _json(405, {"error": f"{path} accepts POST only"})
+            extra = ("Allow: POST",)
         else:
-            status, content_type, payload = (
-                404,
-                JSON_TYPE,
-                _json_bytes({"error": f"no such control plane path: {show(path)}"}),
-            )
+            status, content_type, payload = _json(404, {"error": f"no such control plane path: {show(path)}"})
         with sandbox._lock:
             sandbox._calls.append(
                 {
                     "method": self.command,
                     "path": self.path,
                     "body": body,
+                    "dry_run": dry_run,
                     "authorized": authorized,
                     "status": status,
                     "time": arrived,
                 }
             )
+            if path == REDEPLOY_PATH and self.command == "POST" and authorized and status != 400 and not dry_run:
+                sandbox._real_call_handled()
         self._send(status, content_type, payload, extra)
+
+    # -- forge -------------------------------------------------------------------------------------
+
+    def _forge(self, sandbox: Sandbox, path: str) -> None:
+        arrived = time.time()
+        github = path == GITHUB_PREFIX or path.startswith(GITHUB_PREFIX + "/")
+        rest = path[len(GITHUB_PREFIX if github else GITEA_PREFIX) :]
+        authorized = sandbox._forge_authorized(self.headers.get("Authorization"))
+        if sandbox._latency:
+            time.sleep(sandbox._latency)
+        extra: tuple[str, ...] = ()
+        if not authorized:
+            status, doc = 401, {"message": "Bad credentials"}
+        elif self.command not in ("GET", "HEAD"):
+            status, doc = 405, {"message": "Method Not Allowed"}
+            extra = ("Allow: GET",)
+        else:
+            status, doc = sandbox._forge_read(github, rest)
+        with sandbox._lock:
+            sandbox._forge_calls.append(
+                {"method": self.command, "path": self.path, "authorized": authorized, "status": status, "time": arrived}
+            )
+        self._send_json(status, doc, extra)
+
+    # -- the sandbox itself ------------------------------------------------------------------------
+
+    def _sandbox(self, sandbox: Sandbox, path: str, raw: bytes) -> None:
+        method = self.command
+        allowed = "GET" if path == STATE_PATH else "GET, POST"
+        if method not in allowed.split(", "):
+            self._send_json(405, {"error": f"{path} accepts {allowed} only"}, (f"Allow: {allowed}",))
+            return
+        try:
+            if path == STATE_PATH:
+                self._send_json(200, sandbox.state())
+            elif path == FORGE_PATH:
+                self._send_json(200, sandbox._forge_update(raw) if method == "POST" else sandbox.forge)
+            else:
+                slug = unquote(path[len(TENANTS_PATH) :])
+                if method == "POST":
+                    self._send_json(200, sandbox._tenant_update(slug, raw))
+                else:
+                    self._send_json(200, sandbox.tenant_state(slug))
+        except KeyError as exc:
+            self._send_json(404, {"error": exc.args[0] if exc.args else "not found"})
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
 
 
 class Sandbox:
-    """A control plane and its tenants, served on ``host:port`` (0 picks a free port).
+    """A control plane, its tenants and a forge API, served on ``host:port`` (0 picks a free port).
 
     `scenario` is a parsed scenario document or a preset name or YAML path (see `load_scenario`).
     Use ``start()``/``stop()`` or a ``with`` block; ``url`` is the cp-url, ``token`` the CP token,
-    ``tenant_url_template`` the tenant-url-template.
+    ``tenant_url_template`` the tenant-url-template, ``github_api_url``/``gitea_api_url`` an api-url and
+    ``forge_token`` its api-token.
     """
 
     def __init__(self, scenario: Any, port: int = 0, host: str = "127.0.0.1") -> None:
         self.scenario = load_scenario(scenario)
         self.host = host
         self.port = port
-        self.token = self.scenario["token"]
+        self.token: str = self.scenario["token"]
         self._latency = self.scenario["latency_ms"] / 1000.0
-        self._fault = self.scenario["control_plane"]
+        self._health_paths = frozenset(self.scenario["health_paths"])
+        self._fault: dict = self.scenario["control_plane"]
+        self._gateway_left: int = self._fault["times"]
+        forge = self.scenario["forge"]
+        self.forge_token: str = forge["token"]
+        self._repository: str = forge["repository"]
+        self._branch: str = forge["branch"]
+        self._head: str | None = forge["head"]
+        self._variables: dict[str, str] = dict(forge["variables"])
+        self._variable_status: int | None = forge["variable_status"]
+        self._after_calls: list[dict] = copy.deepcopy(forge["after_calls"])
+        self._real_calls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._builds: dict[str, _Build] = {}
         old = _Build(self.scenario["old_tag"], self.scenario["old_sha"])
         self._tenants = [_Tenant(spec, old) for spec in self.scenario["tenants"]]
-        # Duplicate slugs are listed as given; requests reach the first tenant of that name.
-        self._routes: dict[str, _Tenant] = {}
+        # Duplicate slugs are served as given; requests reach the first tenant of that name.
+        self._routes: dict[Any, _Tenant] = {}
         for tenant in self._tenants:
             if isinstance(tenant.slug, str) and tenant.slug:
                 self._routes.setdefault(tenant.slug, tenant)
         self._hits: dict[str, list[dict]] = {slug: [] for slug in self._routes}
         self._calls: list[dict] = []
+        self._forge_calls: list[dict] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -392,7 +561,8 @@ class Sandbox:
             now = time.time()
             with self._lock:
                 for tenant in self._tenants:
-                    tenant.redeploy(build, now)
+                    if tenant.candidate:
+                        tenant.redeploy(build, now)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox:{self.port}", daemon=True
         )
@@ -433,9 +603,32 @@ class Sandbox:
         return f"{self.url}/t/{slug}"
 
     @property
+    def github_api_url(self) -> str:
+        return self.url + GITHUB_PREFIX
+
+    @property
+    def gitea_api_url(self) -> str:
+        return self.url + GITEA_PREFIX
+
+    @property
+    def repository(self) -> str:
+        """The forge's one repository, ``owner/name`` (what GITHUB_REPOSITORY would say)."""
+        return self._repository
+
+    @property
+    def branch(self) -> str:
+        return self._branch
+
+    @property
     def slugs(self) -> list:
-        """The fleet in scenario order, exactly as the listing serves it."""
+        """Every tenant in scenario order, stopped ones included."""
         return [t.slug for t in self._tenants]
+
+    @property
+    def candidates(self) -> list:
+        """The rollout candidates, in order: exactly the rows of a fleet-wide dry run (without faults)."""
+        with self._lock:
+            return [t.slug for t in self._tenants if t.candidate]
 
     @property
     def cp_calls(self) -> list[dict]:
@@ -443,28 +636,162 @@ class Sandbox:
             return copy.deepcopy(self._calls)
 
     @property
+    def forge_calls(self) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(self._forge_calls)
+
+    @property
     def tenant_hits(self) -> dict[str, list[dict]]:
         with self._lock:
             return {slug: [dict(h) for h in hits] for slug, hits in self._hits.items()}
 
+    @property
+    def forge(self) -> dict:
+        """The forge's state: repository, branch, head (None: the branch is unknown) and variables."""
+        with self._lock:
+            return self._forge_state()
+
+    def tenant_state(self, slug: str) -> dict:
+        """One tenant's state, as in ``state()["tenants"]`` plus its slug; KeyError for an unknown slug."""
+        with self._lock:
+            tenant = self._tenant(slug)
+            tenant.settle(time.time())
+            return {"slug": slug, **tenant.state()}
+
+    def set_behaviour(self, slug: str, behaviour: str) -> dict:
+        """Change a tenant's behaviour now (thread-safe); returns its new state.
+
+        The tenant keeps the build it serves: the behaviour decides its health from now on and what its
+        next redeploy does (``healthy``: lands and is verified; ``wedged``: unhealthy now, its next redeploy
+        fails; ``stale``: healthy, keeps its build on a redeploy; ``stopped``: no longer a rollout
+        candidate). A slow tenant's redeploy that has not come up yet is abandoned.
+        Raises KeyError for an unknown slug, ValueError for an unknown behaviour.
+        """
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {show(behaviour)} (one of {', '.join(BEHAVIOURS)})")
+        with self._lock:
+            tenant = self._tenant(slug)
+            tenant.set_behaviour(behaviour, time.time())
+            return {"slug": slug, **tenant.state()}
+
+    def set_head(self, sha: str | None) -> None:
+        """Move the branch head (None: the branch is unknown, reads answer 404)."""
+        if sha is not None and (not isinstance(sha, str) or not sha):
+            raise ValueError(f"head must be a sha or None, not {show(sha)}")
+        with self._lock:
+            self._head = sha
+
+    def set_variable(self, name: str, value: str | None) -> None:
+        """Set a repository Actions variable (None: unset it, reads answer 404)."""
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"bad variable name {show(name)}")
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"variable {name} must be a string or None, not {show(value)}")
+        with self._lock:
+            self._set_variable(name, value)
+
     def state(self) -> dict:
-        """What ``GET /sandbox/state`` answers: calls, hit counts and each tenant's build."""
+        """What ``GET /sandbox/state`` answers: calls, hit counts, each tenant's build and the forge."""
         with self._lock:
             tenants: dict[str, dict] = {}
             now = time.time()
             for tenant in self._tenants:
-                if tenant.pending is not None and now >= tenant.ready_at:
-                    tenant.serving, tenant.pending = tenant.pending, None
+                tenant.settle(now)
                 tenants.setdefault(str(tenant.slug), tenant.state())
             return {
                 "scenario": self.scenario["name"],
                 "description": self.scenario["description"],
+                "health_paths": list(self.scenario["health_paths"]),
                 "cp_calls": copy.deepcopy(self._calls),
+                "real_calls": self._real_calls,
                 "tenant_hits": {slug: len(hits) for slug, hits in self._hits.items()},
                 "tenants": tenants,
+                "forge": self._forge_state(),
+                "forge_calls": copy.deepcopy(self._forge_calls),
             }
 
-    # -- control plane -----------------------------------------------------------------------------
+    # -- internals (the lock is held where the name says so) ---------------------------------------
+
+    def _tenant(self, slug: str) -> _Tenant:
+        tenant = self._routes.get(slug)
+        if tenant is None:
+            raise KeyError(f"no such tenant: {show(slug)}")
+        return tenant
+
+    def _tenant_update(self, slug: str, raw: bytes) -> dict:
+        if slug not in self._routes:
+            raise KeyError(f"no such tenant: {show(slug)}")
+        body = parse_json(raw, "request body")
+        if not isinstance(body, dict) or set(body) != {"behaviour"}:
+            raise ValueError('send {"behaviour": "<' + "|".join(BEHAVIOURS) + '>"}')
+        return self.set_behaviour(slug, body["behaviour"])
+
+    def _forge_update(self, raw: bytes) -> dict:
+        body = parse_json(raw, "request body")
+        if not isinstance(body, dict) or not body or set(body) - {"head", "variables"}:
+            raise ValueError('send {"head": "<sha>" or null, "variables": {"NAME": "value" or null}} (either key)')
+        variables = body.get("variables", {})
+        if not isinstance(variables, dict):
+            raise ValueError("variables must be an object of NAME: value (null unsets)")
+        for name, value in variables.items():
+            if not name or "/" in name or (value is not None and not isinstance(value, str)):
+                raise ValueError(f"bad variable {show(name)}: {show(value)} (values are strings, null unsets)")
+        if "head" in body:
+            self.set_head(body["head"])
+        with self._lock:
+            for name, value in variables.items():
+                self._set_variable(name, value)
+            return self._forge_state()
+
+    def _set_variable(self, name: str, value: str | None) -> None:
+        if value is None:
+            self._variables.pop(name, None)
+        else:
+            self._variables[name] = value
+
+    def _forge_state(self) -> dict:
+        return {
+            "repository": self._repository,
+            "branch": self._branch,
+            "head": self._head,
+            "variables": dict(self._variables),
+        }
+
+    def _forge_authorized(self, header: str | None) -> bool:
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() not in ("bearer", "token"):
+            return False
+        return hmac.compare_digest(credentials.strip().encode("utf-8"), self.forge_token.encode("utf-8"))
+
+    def _forge_read(self, github: bool, rest: str) -> tuple[int, dict]:
+        parts = [unquote(p) for p in rest.strip("/").split("/")]
+        not_found = 404, {"message": "Not Found"}
+        if len(parts) < 5 or parts[0] != "repos" or f"{parts[1]}/{parts[2]}".lower() != self._repository.lower():
+            return not_found
+        with self._lock:
+            if len(parts) == 5 and parts[3] == "branches":
+                if parts[4] != self._branch or self._head is None:
+                    return not_found
+                commit = {"sha": self._head} if github else {"id": self._head}
+                return 200, {"name": self._branch, "commit": commit}
+            if len(parts) == 6 and parts[3:5] == ["actions", "variables"]:
+                if self._variable_status is not None:
+                    return self._variable_status, {"message": HTTPStatus(self._variable_status).phrase}
+                value = self._variables.get(parts[5])
+                if value is None:
+                    return not_found
+                return 200, {"name": parts[5], "value" if github else "data": value}
+        return not_found
+
+    def _real_call_handled(self) -> None:
+        """Count a real redeploy call (lock held) and apply the forge changes due after it."""
+        self._real_calls += 1
+        for step in self._after_calls:
+            if step["calls"] == self._real_calls:
+                if "head" in step:
+                    self._head = step["head"]
+                for name, value in step.get("variables", {}).items():
+                    self._set_variable(name, value)
 
     def _authorized(self, header: str | None) -> bool:
         if not header:
@@ -480,126 +807,170 @@ class Sandbox:
             build = self._builds[tag] = _Build(tag, sha_for_tag(tag))
         return build
 
-    def _fault_for(self, call: str) -> str:
-        if self._fault["on"] in (call, "both"):
+    def _fault_for(self, dry_run: bool) -> str:
+        if self._fault["on"] in ("dry_run" if dry_run else "redeploy", "both"):
             return self._fault["fault"]
         return "none"
 
-    def _broken(self, fault: str) -> tuple[int, str, bytes] | None:
+    def _broken(self, fault: str) -> Answer | None:
         """The answer of a control plane that fails outright, or None; a slow one is made to wait."""
         if fault == "http_500":
-            return 500, JSON_TYPE, _json_bytes({"error": "internal error"})
+            return _json(500, {"error": "internal error"})
         if fault == "html_error":
             return 502, HTML_TYPE, HTML_ERROR_PAGE
+        if fault == "gateway_502":
+            with self._lock:
+                if self._gateway_left > 0:
+                    self._gateway_left -= 1
+                    return 502, HTML_TYPE, HTML_ERROR_PAGE
         if fault == "slow":
             self._stopping.wait(self._fault["slow_seconds"])
         return None
 
-    def _list(self) -> tuple[int, str, bytes]:
-        fault = self._fault_for("list")
-        broken = self._broken(fault)
-        if broken:
-            return broken
-        missing = set(self._fault["missing"]) if fault == "missing_tenant" else set()
-        listing = [{"slug": t.slug} for t in self._tenants if t.slug not in missing]
-        return 200, JSON_TYPE, _json_bytes({"tenants": listing})
-
-    def _redeploy(self, raw: bytes) -> tuple[int, str, bytes]:
-        fault = self._fault_for("redeploy")
+    def _redeploy(self, body: Any, problem: str | None, dry_run: bool) -> Answer:
+        fault = self._fault_for(dry_run)
         broken = self._broken(fault)
         if broken:
             return broken
         try:
-            body = validate("redeploy-request", parse_json(raw, "request body"), "redeploy request rejected")
-            scope = self._scope(body)
-        except ContractError as exc:
-            return 400, JSON_TYPE, _json_bytes({"error": str(exc)})
-        status, doc = self._run(body, scope, fault)
-        return status, JSON_TYPE, _json_bytes(doc)
+            if problem:
+                raise BadRequest(problem)
+            if not isinstance(body, dict):
+                raise BadRequest(f"request body must be a JSON object, not {show(body)}")
+            if fault == "rejects_scope" and "only_slugs" in body:
+                raise BadRequest("unknown field: only_slugs")
+            if fault == "ignores_scope":
+                body = {k: v for k, v in body.items() if k != "only_slugs"}
+            request = self._request(body)
+            with self._lock:
+                scope, canary = self._scope(request)
+        except BadRequest as exc:
+            return _json(400, {"ok": False, "error": str(exc)})
+        status, doc = self._run(request, scope, canary, fault)
+        return _json(status, doc)
 
-    def _scope(self, body: dict) -> list[str]:
-        """The tenants a request covers, in fleet order for the whole fleet, else in request order."""
-        if "slugs" in body:
+    @staticmethod
+    def _request(body: dict) -> dict:
+        """The request's known fields, type-checked, with defaults; unknown fields are ignored."""
+        request: dict[str, Any] = {
+            "canary_slug": "",
+            "soak_seconds": 0,
+            "batch_size": 1,
+            "max_stragglers": 0,
+            "dry_run": False,
+            "confirm": False,
+        }
+        if "target_tag" not in body:
+            raise BadRequest("target_tag is required")
+        for name, (kind, wanted) in REQUEST_FIELDS.items():
+            if name not in body:
+                continue
+            value: Any = body[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise BadRequest(f"{name} must be {wanted}, not {show(value)}")
+            if isinstance(value, int) and value < MINIMUM.get(name, 0):
+                raise BadRequest(f"{name} must be {wanted}, not {show(value)}")
+            request[name] = value
+        if not request["target_tag"]:
+            raise BadRequest("target_tag must not be empty")
+        if "only_slugs" in request:
+            slugs = request["only_slugs"]
+            if not slugs:
+                raise BadRequest("only_slugs must not be empty (leave it out, with confirm: true, for the fleet)")
+            bad = [s for s in slugs if not isinstance(s, str)]
+            if bad:
+                raise BadRequest(f"only_slugs must hold slugs (strings), not {show(bad[0])}")
+        elif request["confirm"] is not True:
+            raise BadRequest("confirm: true is required for a fleet-wide redeploy")
+        return request
+
+    def _scope(self, request: dict) -> tuple[list[_Tenant], _Tenant | None]:
+        """The tenants a request covers (lock held): its only_slugs in request order, else every candidate."""
+        if "only_slugs" in request:
             seen: set[str] = set()
-            for slug in body["slugs"]:
+            for slug in request["only_slugs"]:
                 if slug in seen:
-                    raise ContractError(f"redeploy request rejected: slugs names {show(slug)} twice")
+                    raise BadRequest(f"only_slugs names {show(slug)} twice")
                 seen.add(slug)
-            unknown = [s for s in body["slugs"] if s not in self._routes]
+            unknown = [s for s in request["only_slugs"] if s not in self._routes]
             if unknown:
-                raise ContractError(
-                    "redeploy request rejected: slugs not in the fleet: " + ", ".join(show(s) for s in unknown)
+                raise BadRequest("only_slugs not in the fleet: " + ", ".join(show(s) for s in unknown))
+            stopped = [s for s in request["only_slugs"] if not self._routes[s].candidate]
+            if stopped:
+                raise BadRequest(
+                    "only_slugs names stopped tenants, not rollout candidates: " + ", ".join(show(s) for s in stopped)
                 )
-            scope = list(body["slugs"])
+            scope = [self._routes[s] for s in request["only_slugs"]]
         else:
-            scope = list(self._routes)
-        canary = body.get("canary_slug") or ""
-        if canary and canary not in self._routes:
-            raise ContractError(f"redeploy request rejected: canary_slug {show(canary)} is not in the fleet")
-        return scope
+            scope = [t for t in self._tenants if t.candidate]
+        canary_slug = request["canary_slug"]
+        canary = None
+        if canary_slug:
+            tenant = self._routes.get(canary_slug)
+            if tenant is None:
+                raise BadRequest(f"canary_slug {show(canary_slug)} is not in the fleet")
+            if not tenant.candidate:
+                raise BadRequest(f"canary_slug {show(canary_slug)} is stopped, not a rollout candidate")
+            if tenant in scope:
+                canary = tenant
+        return scope, canary
 
-    def _run(self, body: dict, scope: list[str], fault: str) -> tuple[int, dict]:
+    def _run(self, request: dict, scope: list[_Tenant], canary: _Tenant | None, fault: str) -> tuple[int, dict]:
         """Canary, soak, then batches, with the straggler budget checked after every batch."""
         lenient = fault == "ok_despite_unverified"
+        keyless = fault == "no_stragglers_key"
         hidden = set(self._fault["missing"]) if fault == "missing_tenant" else set()
-        canary = body.get("canary_slug") or ""
-        if canary not in scope:
-            canary = ""
-        rest = [slug for slug in scope if slug != canary]
+        unproven = set(self._fault["unproven"] or self._fault["missing"]) if fault == "unproven" else set()
+        rest = [t for t in scope if t is not canary]
+        batch_size = request["batch_size"]
+        batches = [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
         results: list[dict] = []
 
-        if body.get("dry_run", False):
-            for slug in ([canary] if canary else []) + rest:
-                if slug not in hidden:
-                    results.append(
-                        {
-                            "slug": slug,
-                            "phase": "plan",
-                            "ssm_status": None,
-                            "ssm_exit_code": None,
-                            "healthz_ok": None,
-                            "verified_on_target": False,
-                            "error": None,
-                        }
-                    )
+        if request["dry_run"]:
+            plan = [(canary, "canary")] if canary else []
+            plan += [(t, f"batch-{n}") for n, batch in enumerate(batches, 1) for t in batch]
+            results = [{"slug": t.slug, "phase": p, "ssm_status": "DryRun"} for t, p in plan if t.slug not in hidden]
             return 200, {"ok": True, "results": results}
 
-        build = self._build(body["target_tag"])
+        build = self._build(request["target_tag"])
+
+        def deploy(tenant: _Tenant, phase: str, now: float) -> dict:
+            """Redeploy one tenant (lock held); its row, before the faults that change rows apply."""
+            tenant.redeploy(build, now)
+            row = tenant.cp_result(phase, build)
+            shown = dict(row)
+            if tenant.slug in unproven:
+                del shown["verified_on_target"]
+            if tenant.slug not in hidden:
+                results.append(shown)
+            return row
+
         if canary:
             with self._lock:
-                tenant = self._routes[canary]
-                tenant.redeploy(build, time.time())
-                result = tenant.cp_result("canary")
-            if canary not in hidden:
-                results.append(result)
-            if not result["verified_on_target"] and not lenient:
-                return 500, {"ok": False, "error": f"canary {canary} failed: {result['error']}", "results": results}
-            if body.get("soak_seconds", 0):
-                self._stopping.wait(body["soak_seconds"])
+                row = deploy(canary, "canary", time.time())
+            if not row["verified_on_target"] and not lenient:
+                return 500, {"ok": False, "error": f"canary {canary.slug} failed: {row['error']}", "results": results}
+            if request["soak_seconds"]:
+                self._stopping.wait(request["soak_seconds"])
 
-        batch_size = body.get("batch_size", 1)
-        budget = body.get("max_stragglers", 0)
-        stragglers: list[str] = []
-        for start in range(0, len(rest), batch_size):
+        budget = request["max_stragglers"]
+        stragglers: list[Any] = []
+        for n, batch in enumerate(batches, 1):
             with self._lock:
                 now = time.time()
-                for slug in rest[start : start + batch_size]:
-                    tenant = self._routes[slug]
-                    tenant.redeploy(build, now)
-                    if slug in hidden:
-                        continue
-                    result = tenant.cp_result("batch")
-                    results.append(result)
-                    if not result["verified_on_target"]:
-                        stragglers.append(slug)
+                for tenant in batch:
+                    if not deploy(tenant, f"batch-{n}", now)["verified_on_target"] and tenant.slug not in hidden:
+                        stragglers.append(tenant.slug)
             if len(stragglers) > budget and not lenient:
-                return 500, {
+                doc: dict[str, Any] = {
                     "ok": False,
                     "error": f"{len(stragglers)} stragglers, max tolerated {budget}",
                     "results": results,
-                    "stragglers": stragglers,
                 }
-        doc: dict[str, Any] = {"ok": True, "results": results}
-        if stragglers and not lenient:
+                if not keyless:
+                    doc["stragglers"] = stragglers
+                return 500, doc
+        doc = {"ok": True, "results": results}
+        if stragglers and not lenient and not keyless:
             doc["stragglers"] = stragglers
         return 200, doc

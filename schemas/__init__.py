@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-NAMES = ("slug", "fleet-listing", "redeploy-request", "redeploy-response", "buildinfo", "report")
+NAMES = ("slug", "redeploy-request", "redeploy-response", "buildinfo", "report")
 
 
 @cache

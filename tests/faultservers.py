@@ -199,8 +199,9 @@ class _Route:
 
 @dataclass
 class FaultServer:
-    """A scripted HTTP server on loopback. `routes` maps a path (or "METHOD path") to a behaviour or a
-    list of them; anything else is answered 404. `listen_after` binds the port at once but listens
+    """A scripted HTTP server on loopback. `routes` maps a path (or "METHOD path", or "DRY METHOD path"
+    for requests whose JSON body says dry_run: true) to a behaviour or a list of them; anything else is
+    answered 404. `listen_after` binds the port at once but listens
     only after that many seconds, so early connections are refused."""
 
     routes: dict[str, Behaviour | list[Behaviour]] = field(default_factory=dict)
@@ -301,7 +302,11 @@ class FaultServer:
                 return
             with self._lock:
                 self.requests.append(request)
-                route = self._routes.get(f"{request.method} {request.path}") or self._routes.get(request.path)
+                route = (
+                    (self._routes.get(f"DRY {request.method} {request.path}") if _dry(request) else None)
+                    or self._routes.get(f"{request.method} {request.path}")
+                    or self._routes.get(request.path)
+                )
                 behaviour = route.next() if route else reply(404, b'{"error": "not found"}')
             sock.settimeout(None)
             behaviour(Conn(sock, request, self))
@@ -330,6 +335,13 @@ class FaultServer:
             with self._lock:
                 self.tls_failures += 1
             return None
+
+
+def _dry(request: Request) -> bool:
+    try:
+        return request.json().get("dry_run") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _read_request(sock: socket.socket) -> Request | None:
@@ -436,18 +448,28 @@ def make_certs(directory: Path) -> Certs:
 
 # -- a control plane's answers ---------------------------------------------------------------------
 
-LIST = "GET /cp/admin/tenants"
 REDEPLOY = "POST /cp/admin/tenants/redeploy-fleet"
+# The same endpoint's dry runs (the fleet's enumeration and the scope probes), routed apart.
+DRY = "DRY " + REDEPLOY
 
 
-def listing(*slugs: Any) -> Behaviour:
-    return json_reply({"tenants": [{"slug": s} for s in slugs]})
+def dry_runs(*slugs: Any) -> Behaviour:
+    """A control plane that can scope: a dry run answers bare rows for its only_slugs, or for `slugs`
+    (the fleet) when it has none."""
+
+    def behave(conn: Conn) -> None:
+        scope = conn.request.json().get("only_slugs") or list(slugs)
+        json_reply({"ok": True, "results": [{"slug": s, "phase": "batch-1", "ssm_status": "DryRun"} for s in scope]})(
+            conn
+        )
+
+    return behave
 
 
 def redeploy_ok(conn: Conn) -> None:
     """A redeploy that verified every tenant it was asked for."""
-    slugs = conn.request.json().get("slugs") or []
-    results = [{"slug": s, "phase": "batch", "verified_on_target": True} for s in slugs]
+    slugs = conn.request.json().get("only_slugs") or []
+    results = [{"slug": s, "phase": "batch-1", "verified_on_target": True} for s in slugs]
     json_reply({"ok": True, "results": results})(conn)
 
 

@@ -79,6 +79,11 @@ def run_step(main, argv: list[str], *, tmp_path: Path, capsys, monkeypatch, toke
     return StepRun(code, log, parse_outputs(out.read_bytes().decode()), summary.read_text(), report)
 
 
-def bodies(sandbox, kind: str | None = None) -> list[dict]:
-    """The redeploy bodies the control plane received, in order."""
+def all_bodies(sandbox) -> list[dict]:
+    """Every redeploy-fleet body the control plane received, dry runs included, in order."""
     return [c["body"] for c in sandbox.cp_calls if c["method"] == "POST"]
+
+
+def bodies(sandbox) -> list[dict]:
+    """The bodies of the real redeploy calls (not dry runs) the control plane received, in order."""
+    return [b for b in all_bodies(sandbox) if not b.get("dry_run")]

@@ -92,7 +92,12 @@ class Run:
 
     @property
     def redeploys(self) -> list[dict]:
-        return [c["body"] for c in self.cp_calls if c["method"] == "POST"]
+        """The real redeploy calls' bodies (not the dry runs), in order."""
+        return [c["body"] for c in self.cp_calls if c["method"] == "POST" and not c["body"]["dry_run"]]
+
+    @property
+    def dry_runs(self) -> list[dict]:
+        return [c["body"] for c in self.cp_calls if c["method"] == "POST" and c["body"]["dry_run"]]
 
     def assert_token_kept_secret(self) -> None:
         assert self.token not in self.log
@@ -160,18 +165,18 @@ def test_clean_rollout_ships_every_tenant_and_verifies_them(act, tmp_path):
 
     assert run.outcome == "success", run.errors
     run.assert_outputs(ok="true", stragglers="[]", quarantined_count="0", verified_count="8", failed_count="0")
-    # The fleet is listed first; the canary goes alone and strict, then each batch with the budget left.
-    assert [(c["method"], c["path"]) for c in run.cp_calls] == [("GET", "/cp/admin/tenants")] + [
-        ("POST", "/cp/admin/tenants/redeploy-fleet")
-    ] * 4
+    # The fleet is enumerated by a dry run, the canary's scope probed by another; then the canary goes
+    # alone and strict, and each batch with the budget left. One endpoint throughout.
+    assert {(c["method"], c["path"]) for c in run.cp_calls} == {("POST", "/cp/admin/tenants/redeploy-fleet")}
+    assert [c["body"]["dry_run"] for c in run.cp_calls] == [True, True, False, False, False, False]
     canary, *batches = run.redeploys
-    assert canary["slugs"] == ["acme"] and canary["canary_slug"] == "acme"
+    assert canary["only_slugs"] == ["acme"] and canary["canary_slug"] == "acme" and canary["confirm"] is True
     # The action soaks the canary itself, so the control plane is told not to.
     assert canary["max_stragglers"] == 0 and canary["soak_seconds"] == 0
     assert "soaking canary acme for 1 s" in run.log
-    assert [b["slugs"] for b in batches] == BATCHES
-    assert sorted(slug for body in run.redeploys for slug in body["slugs"]) == sorted(FLEET)  # each once
-    assert all(b["canary_slug"] == "" and b["max_stragglers"] == 1 for b in batches)
+    assert [b["only_slugs"] for b in batches] == BATCHES
+    assert sorted(slug for body in run.redeploys for slug in body["only_slugs"]) == sorted(FLEET)  # each once
+    assert all("canary_slug" not in b and b["max_stragglers"] == 1 for b in batches)
     assert {b["target_tag"] for b in run.redeploys} == {f"sha-{act[1]}"}
     assert not any(b["dry_run"] for b in run.redeploys)
     assert run.report is not None and run.report["ok"] is True and run.report["verify"]["ok"] is True
@@ -193,7 +198,7 @@ def test_one_wedged_tenant_is_quarantined_within_the_budget(act, tmp_path):
     assert "::warning::tenant reno-stars quarantined" in run.log
     # reno-stars spent the budget: the batch after it may lose nobody.
     assert [b["max_stragglers"] for b in run.redeploys] == [0, 1, 1, 0]
-    assert [b["slugs"] for b in run.redeploys[1:]] == BATCHES
+    assert [b["only_slugs"] for b in run.redeploys[1:]] == BATCHES
     assert run.report is not None and run.report["stragglers"] == ["reno-stars"]
     assert "reno-stars" in run.summary and "Fleet verify: passed" in run.summary
     run.assert_token_kept_secret()
@@ -209,8 +214,8 @@ def test_systemic_failure_halts_the_rollout_and_fails_the_step(act, tmp_path):
     learned = json.loads(run.outputs["stragglers"])
     assert "cobalt" in learned and set(learned) <= {"cobalt", "reno-stars", "fjord"}
     # The batch that broke the budget was the last call: harbor was never touched.
-    assert [b["slugs"] for b in run.redeploys[1:]] == BATCHES[:2]
-    assert not any("harbor" in b["slugs"] for b in run.redeploys)
+    assert [b["only_slugs"] for b in run.redeploys[1:]] == BATCHES[:2]
+    assert not any("harbor" in b["only_slugs"] for b in run.redeploys)
     assert "::error::" in run.log
     assert "Fleet rollout" in run.summary and "Fleet verify" not in run.log
     assert run.report is not None and run.report["ok"] is False
@@ -237,7 +242,7 @@ def test_dry_run_plans_only_and_skips_verify(act, tmp_path):
     assert run.outcome == "success", run.errors
     assert run.outputs["ok"] == "true"
     assert run.outputs["verified-count"] == "" and run.outputs["failed-count"] == ""
-    assert run.redeploys and all(b["dry_run"] is True for b in run.redeploys)
+    assert run.redeploys == [] and len(run.dry_runs) == 5  # the enumeration, the canary and three batches
     assert "Fleet verify" not in run.log
     run.assert_token_kept_secret()
 
@@ -287,6 +292,13 @@ def test_mask_step_masks_each_line_of_the_token_under_a_runner_only():
     assert plain.stdout == ""
 
 
+def prepare_script() -> str:
+    """The script the "Prepare the Python tool environment" step runs, checked to be what the step calls."""
+    step = step_script("Prepare the Python tool environment")
+    assert step.split() == ["bash", '"$GITHUB_ACTION_PATH/scripts/prepare-tool-venv.sh"']
+    return str(PROJECT / "scripts" / "prepare-tool-venv.sh")
+
+
 def test_prepare_step_names_the_pythons_it_found_when_none_is_recent_enough(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -299,7 +311,7 @@ def test_prepare_step_names_the_pythons_it_found_when_none_is_recent_enough(tmp_
     output = tmp_path / "output"
 
     done = subprocess.run(
-        [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
+        [BASH, prepare_script()],
         env={"PATH": str(bin_dir), "GITHUB_OUTPUT": str(output), "RUNNER_TEMP": str(tmp_path),
              "GITHUB_ACTION_PATH": str(PROJECT)},
         capture_output=True, text=True,
@@ -318,7 +330,7 @@ def test_prepare_step_leaves_no_venv_behind_when_pip_fails(tmp_path):
     tools = tmp_path / "tools"
 
     done = subprocess.run(
-        [BASH, "-e", "-c", step_script("Prepare the Python tool environment")],
+        [BASH, prepare_script()],
         env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(tmp_path / "output"), "RUNNER_TEMP": str(tmp_path),
              "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action)},
         capture_output=True, text=True,

@@ -14,17 +14,17 @@ from types import SimpleNamespace
 import certifi
 import pytest
 from faultservers import (
-    LIST,
+    DRY,
     REDEPLOY,
     BacklogFull,
     ClosedPort,
     FaultServer,
     assert_fault,
+    dry_runs,
     echoing,
     head,
     header_drip,
     json_reply,
-    listing,
     make_certs,
     redeploy_ok,
     redirect,
@@ -35,6 +35,7 @@ from faultservers import (
 )
 from support import TAG, run_step
 
+from fleet import cp as cp_module
 from fleet import http
 from fleet.cp import ControlPlane, CPError
 from rollout import cli as rollout_cli
@@ -50,9 +51,9 @@ def raised(monkeypatch):
     seen = SimpleNamespace(errors=[])
 
     class Recording(ControlPlane):
-        def list_fleet(self):
+        def enumerate(self, body):
             try:
-                return super().list_fleet()
+                return super().enumerate(body)
             except CPError as exc:
                 seen.errors.append(exc)
                 raise
@@ -66,6 +67,12 @@ def raised(monkeypatch):
 
     monkeypatch.setattr(rollout_cli, "ControlPlane", Recording)
     return seen
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """The contract's retry schedule (3 retries, 5/10/20 s apart) shrunk to 0.1/0.2/0.4 s, no jitter."""
+    monkeypatch.setattr(cp_module, "RETRY", cp_module.RetryPolicy(delays=(0.1, 0.2, 0.4), jitter=0.0))
 
 
 @pytest.fixture
@@ -90,11 +97,15 @@ def rollout(tmp_path, capsys, monkeypatch, raised):
     return _run
 
 
-def listed_only(cp: FaultServer) -> None:
-    """The listing was asked for, with the token, and no redeploy was made."""
-    assert [r.method for r in cp.requests] and all(r.method == "GET" for r in cp.requests)
+def enumerated_only(cp: FaultServer) -> None:
+    """Only dry runs were sent (the fleet's enumeration), with the token: no real redeploy was made."""
+    assert cp.requests and all(r.json()["dry_run"] is True for r in cp.requests)
     assert cp.requests[0].headers["authorization"] == BEARER
-    assert cp.received("POST") == []
+    assert "only_slugs" not in cp.requests[0].json() and cp.requests[0].json()["confirm"] is True
+
+
+def real_calls(cp: FaultServer) -> list:
+    return [r for r in cp.received("POST") if r.json().get("dry_run") is not True]
 
 
 def in_flight_unknown(run, *slugs: str) -> None:
@@ -105,24 +116,35 @@ def in_flight_unknown(run, *slugs: str) -> None:
 # -- reaching the control plane --------------------------------------------------------------------
 
 
-def test_cp_connection_refused_is_retried_within_the_timeout_then_fails_clearly(rollout):
+def test_cp_connection_refused_is_retried_on_the_schedule_then_fails_clearly(rollout, fast_retries):
     port = ClosedPort()
     try:
         run = rollout(port.url, "--cp-timeout-seconds", "2")
     finally:
         port.close()
-    rollout.fault(run, f"control plane unreachable at {port.url}: connection refused")
-    # retried (a single refusal takes no time), but not beyond cp-timeout-seconds
-    assert 0.5 < run.elapsed < 3.5
-    assert run.report["calls"][0]["error"].endswith("connection refused")
+    rollout.fault(run, f"control plane unreachable at {port.url}: connection refused", "gave up after 4 attempts")
+    # every attempt says so: a refused connection never leaves silent seconds
+    assert [w.split(" (attempt ")[1][:6] for w in run.warnings()] == ["1 of 4", "2 of 4", "3 of 4"]
+    assert 0.6 < run.elapsed < 2.5
+
+
+def test_cp_connection_refused_is_not_retried_past_the_calls_deadline(rollout):
+    port = ClosedPort()
+    try:
+        run = rollout(port.url, "--cp-timeout-seconds", "2")
+    finally:
+        port.close()
+    rollout.fault(run, "connection refused", "the next retry (in ", "would pass the call's deadline")
+    assert run.elapsed < 1.5 and run.warnings() == []
+    assert run.report["calls"][0]["error"].startswith(f"control plane unreachable at {port.url}: connection refused")
     assert run.report["rollout"]["verdict"] == "failed"
 
 
-def test_cp_refused_at_first_is_retried_until_it_listens(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: redeploy_ok}, listen_after=0.6)
+def test_cp_refused_at_first_is_retried_until_it_listens(rollout, serve, fast_retries):
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}, listen_after=0.6)
     run = rollout(cp.url, "--cp-timeout-seconds", "5")
     assert run.code == 0, run.log
-    assert [r.method for r in cp.requests] == ["GET", "POST"]
+    assert [r.json()["dry_run"] for r in cp.requests] == [True, True, False]  # enumeration, probe, batch
 
 
 def test_cp_connect_timeout_is_bounded_by_cp_timeout(rollout):
@@ -136,23 +158,23 @@ def test_cp_connect_timeout_is_bounded_by_cp_timeout(rollout):
 
 
 def test_cp_read_timeout_after_the_post_is_not_resent_and_says_check_the_cp(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: stall()})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: stall()})
     run = rollout(cp.url, "--cp-timeout-seconds", "1.5")
     rollout.fault(run, "no answer from the control plane within 1.5 s after POST", "check the control plane")
-    assert len(cp.received("POST")) == 1  # outcome unknown: never sent twice
-    assert cp.received("POST")[0].headers["authorization"] == BEARER
+    assert len(real_calls(cp)) == 1  # outcome unknown: never sent twice
+    assert real_calls(cp)[0].headers["authorization"] == BEARER
     assert run.elapsed < 4
     in_flight_unknown(run, "acme", "birch")
-    post = run.report["calls"][1]
-    assert post["method"] == "POST" and post["body"]["slugs"] == ["acme", "birch"] and "unknown" in post["error"]
+    post = run.report["calls"][2]
+    assert post["kind"] == "batch" and post["body"]["only_slugs"] == ["acme", "birch"] and "unknown" in post["error"]
 
 
 def test_cp_headers_dripped_byte_by_byte_still_end_at_cp_timeout(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: header_drip()})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: header_drip()})
     run = rollout(cp.url, "--cp-timeout-seconds", "1.5")
     rollout.fault(run, "after POST", "check the control plane")
     assert run.elapsed < 4  # a read timeout alone restarts with every byte
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
 
 
@@ -166,26 +188,27 @@ def test_cp_headers_dripped_byte_by_byte_still_end_at_cp_timeout(rollout, serve)
     ids=["reset-before-answer", "reset-mid-body", "truncated-body"],
 )
 def test_cp_post_broken_off_is_not_resent_and_the_outcome_is_unknown(rollout, serve, behaviour, cause):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: behaviour})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: behaviour})
     run = rollout(cp.url)
     rollout.fault(run, cause, "outcome is unknown", "check the control plane")
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
 
 
 @pytest.mark.parametrize(
     "behaviour, cause",
     [
-        (reset(head(200, 400) + b'{"tenants": [{"slug"'), "broke off: connection reset"),
-        (truncated(200, 400, b'{"tenants": [{"slug": "acme"}]}'), "broke off: answer truncated"),
+        (reset(head(200, 400) + b'{"ok": true, "results": [{"slug"'), "broke off: connection reset"),
+        (truncated(200, 400, b'{"ok": true, "results": [{"slug": "acme"}]}'), "broke off: answer truncated"),
     ],
     ids=["reset-mid-body", "truncated-body"],
 )
-def test_cp_listing_broken_off_makes_no_redeploy(rollout, serve, behaviour, cause):
-    cp = serve({LIST: behaviour})
+def test_cp_enumeration_broken_off_makes_no_redeploy(rollout, serve, behaviour, cause):
+    cp = serve({DRY: behaviour})
     run = rollout(cp.url)
-    rollout.fault(run, "GET /cp/admin/tenants", cause)
-    listed_only(cp)
+    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet", cause)
+    assert "outcome is unknown" not in run.errors()[0]  # a dry run deployed nothing
+    enumerated_only(cp)
 
 
 # -- what the control plane answered -----------------------------------------------------------------
@@ -197,20 +220,20 @@ def test_cp_listing_broken_off_makes_no_redeploy(rollout, serve, behaviour, caus
 )
 def test_cp_auth_and_not_found_statuses_name_the_fix(rollout, serve, status, hint):
     # The error page quotes the token back; it must not reach any artefact or exception.
-    cp = serve({LIST: echoing(status, '{"error": "rejected Authorization: {auth}"}')})
+    cp = serve({DRY: echoing(status, '{"error": "rejected Authorization: {auth}"}')})
     run = rollout(cp.url)
     rollout.fault(run, f"with HTTP {status}", hint)
     assert "***" in run.errors()[0]  # the echoed token, redacted
-    listed_only(cp)
+    enumerated_only(cp)
     assert len(cp.requests) == 1  # a refusal is not retried
     assert run.report["calls"][0]["status"] == status
 
 
 def test_cp_error_that_echoes_the_token_is_redacted_in_the_exception_itself(serve):
-    cp = serve({LIST: echoing(401, "<html>denied for {auth}</html>", "text/html")})
+    cp = serve({DRY: echoing(401, "<html>denied for {auth}</html>", "text/html")})
     client = ControlPlane(cp.url, TOKEN, timeout=2)
     with pytest.raises(CPError) as caught:
-        client.list_fleet()
+        client.enumerate({"target_tag": "v1", "confirm": True})
     assert "denied for Bearer ***" in str(caught.value)
     assert TOKEN not in "".join(traceback.format_exception(caught.value))
     assert TOKEN not in json.dumps(client.calls)
@@ -219,10 +242,10 @@ def test_cp_error_that_echoes_the_token_is_redacted_in_the_exception_itself(serv
 
 def test_cp_429_retry_after_is_honoured_before_the_post_is_sent_again(rollout, serve):
     busy = reply(429, '{"error": "busy"}', headers=("Retry-After: 1",))
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: [busy, redeploy_ok]})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: [busy, redeploy_ok]})
     run = rollout(cp.url, "--cp-timeout-seconds", "5")
     assert run.code == 0, run.log
-    first, second = cp.received("POST")  # a 429 was refused unprocessed: the one POST that may go again
+    first, second = real_calls(cp)  # a 429 was refused unprocessed: the POST may go again
     assert 1.0 <= second.at - first.at < 2.5
     assert first.body == second.body
 
@@ -234,115 +257,122 @@ def test_cp_429_retry_after_is_honoured_before_the_post_is_sent_again(rollout, s
 )
 def test_cp_429_retry_after_beyond_cp_timeout_fails_at_once(rollout, serve, retry_after):
     busy = reply(429, '{"error": "busy"}', headers=(f"Retry-After: {retry_after}",))
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: busy})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: busy})
     run = rollout(cp.url, "--cp-timeout-seconds", "3")
-    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet with HTTP 429", "exceeds the 3 s left")
+    rollout.fault(
+        run, "POST /cp/admin/tenants/redeploy-fleet with HTTP 429", "would pass the call's deadline (3 s left)"
+    )
     assert run.elapsed < 1.5  # no pointless wait for a retry that could not happen
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
 
 
 def test_cp_500_without_the_result_shape_fails_with_its_error(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: json_reply({"error": "database is down"}, 500)})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: json_reply({"error": "database is down"}, 500)})
     run = rollout(cp.url)
     rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet with HTTP 500: 'database is down'")
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
 
 
 BAD_GATEWAY = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1> {auth}</body></html>"
 
 
-def test_cp_502_html_page_on_the_post_is_not_resent_and_the_outcome_is_unknown(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: echoing(502, BAD_GATEWAY, "text/html")})
-    run = rollout(cp.url)
-    rollout.fault(run, "with HTTP 502 with a non-JSON body", "outcome is unknown")
-    assert len(cp.received("POST")) == 1
+def test_cp_502_html_page_on_the_post_is_not_resent_past_the_calls_deadline(rollout, serve):
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: echoing(502, BAD_GATEWAY, "text/html")})
+    run = rollout(cp.url)  # cp-timeout 2 s: the first retry, about 5 s later, would pass it
+    rollout.fault(run, "with HTTP 502 with a non-JSON body", "would pass the call's deadline", "outcome is unknown")
+    assert len(real_calls(cp)) == 1
     assert "<html>" not in run.summary and "&lt;html&gt;" in run.summary  # inert in the summary
     in_flight_unknown(run, "acme", "birch")
 
 
-def test_cp_502_html_page_on_the_listing_is_retried_then_fails(rollout, serve):
-    cp = serve({LIST: echoing(502, BAD_GATEWAY, "text/html")})
-    run = rollout(cp.url, "--cp-timeout-seconds", "2")
-    rollout.fault(run, "GET /cp/admin/tenants with HTTP 502; still failing after")
-    assert len(cp.requests) >= 2  # a GET is idempotent: retried
+def test_cp_502_html_page_on_the_enumeration_is_retried_three_times_then_fails(rollout, serve, fast_retries):
+    cp = serve({DRY: echoing(502, BAD_GATEWAY, "text/html")})
+    run = rollout(cp.url, "--cp-timeout-seconds", "5")
+    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet with HTTP 502", "gave up after 4 attempts")
+    assert len(cp.requests) == 4
+    assert run.warnings() == [
+        f"::warning::control plane answered HTTP 502 (attempt {n} of 4); sending it again in {d:.1f} s"
+        for n, d in ((1, 0.1), (2, 0.2), (3, 0.4))
+    ]
+    assert run.report["calls"][0]["attempts"] == 4
     assert run.elapsed < 3.5
-    listed_only(cp)
+    enumerated_only(cp)
 
 
-@pytest.mark.parametrize("call", ["listing", "redeploy"])
+@pytest.mark.parametrize("call", ["enumeration", "redeploy"])
 def test_cp_redirect_is_not_followed_with_the_token(rollout, serve, call):
     elsewhere = serve({})
-    if call == "listing":
-        cp = serve({LIST: redirect(elsewhere.url + "/steal", 302)})
+    if call == "enumeration":
+        cp = serve({DRY: redirect(elsewhere.url + "/steal", 302)})
     else:
-        cp = serve({LIST: listing("acme", "birch"), REDEPLOY: redirect(elsewhere.url + "/steal", 307)})
+        cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: redirect(elsewhere.url + "/steal", 307)})
     run = rollout(cp.url)
     rollout.fault(run, "with a redirect", "not followed with the token")
     assert elsewhere.connections == 0 and elsewhere.requests == []
-    if call == "listing":
-        listed_only(cp)
+    if call == "enumeration":
+        enumerated_only(cp)
     else:
-        assert len(cp.received("POST")) == 1
+        assert len(real_calls(cp)) == 1
 
 
-def test_cp_non_json_listing_is_rejected_before_any_redeploy(rollout, serve):
-    cp = serve({LIST: echoing(200, "tenants: acme, birch ({auth})", "text/plain")})
+def test_cp_non_json_enumeration_is_rejected_before_any_redeploy(rollout, serve):
+    cp = serve({DRY: echoing(200, "tenants: acme, birch ({auth})", "text/plain")})
     run = rollout(cp.url)
-    rollout.fault(run, "control plane answer to GET /cp/admin/tenants (HTTP 200): body is not JSON")
-    listed_only(cp)
+    rollout.fault(run, "control plane answer to POST /cp/admin/tenants/redeploy-fleet (HTTP 200): body is not JSON")
+    enumerated_only(cp)
 
 
 def test_cp_non_json_redeploy_answer_leaves_the_outcome_unknown(rollout, serve):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: reply(200, "OK, deploying", "text/plain")})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: reply(200, "OK, deploying", "text/plain")})
     run = rollout(cp.url)
     rollout.fault(run, "answer to POST /cp/admin/tenants/redeploy-fleet (HTTP 200): body is not JSON")
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
 
 
-def padded_listing(size: int) -> bytes:
-    """A valid listing, padded with whitespace to `size` bytes: only the cap stands in its way."""
-    doc = json.dumps({"tenants": [{"slug": "acme"}, {"slug": "birch"}]}).encode()
+def padded_enumeration(size: int) -> bytes:
+    """A valid dry-run answer, padded with whitespace to `size` bytes: only the cap stands in its way."""
+    doc = json.dumps({"ok": True, "results": [{"slug": "acme"}, {"slug": "birch"}]}).encode()
     return doc + b" " * (size - len(doc))
 
 
-def test_cp_huge_listing_is_capped(rollout, serve, monkeypatch):
+def test_cp_huge_enumeration_is_capped(rollout, serve, monkeypatch):
     monkeypatch.setattr(http, "MAX_CP_BODY", 64 * 1024)
-    cp = serve({LIST: reply(200, padded_listing(1024 * 1024))})
+    cp = serve({DRY: reply(200, padded_enumeration(1024 * 1024))})
     run = rollout(cp.url)
-    rollout.fault(run, "GET /cp/admin/tenants: body larger than 65536 bytes")
-    listed_only(cp)
+    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet: body larger than 65536 bytes")
+    enumerated_only(cp)
 
 
 def test_cp_default_body_cap_is_16_mib(rollout, serve):
     assert http.MAX_CP_BODY == 16 * 1024 * 1024
-    cp = serve({LIST: reply(200, padded_listing(http.MAX_CP_BODY + 1))})
+    cp = serve({DRY: reply(200, padded_enumeration(http.MAX_CP_BODY + 1))})
     run = rollout(cp.url, "--cp-timeout-seconds", "10")
     rollout.fault(run, f"body larger than {http.MAX_CP_BODY} bytes")
-    listed_only(cp)
+    enumerated_only(cp)
 
 
 @pytest.mark.parametrize(
     "body, cause",
     [
-        ('{"tenants": [{"slug": "acme"}], "weight": NaN}', "non-standard JSON constant NaN"),
-        ('{"tenants": [{"slug": "acme"}], "weight": -Infinity}', "non-standard JSON constant -Infinity"),
-        ('{"tenants": [{"slug": "acme"}], "tenants": [{"slug": "birch"}]}', "duplicate key 'tenants'"),
+        ('{"ok": true, "results": [{"slug": "acme"}], "weight": NaN}', "non-standard JSON constant NaN"),
+        ('{"ok": true, "results": [{"slug": "acme"}], "weight": -Infinity}', "non-standard JSON constant -Infinity"),
+        ('{"ok": true, "results": [{"slug": "acme"}], "results": [{"slug": "birch"}]}', "duplicate key 'results'"),
     ],
     ids=["nan", "infinity", "duplicate-key"],
 )
-def test_cp_listing_with_nonstandard_json_is_rejected(rollout, serve, body, cause):
-    cp = serve({LIST: reply(200, body)})
+def test_cp_enumeration_with_nonstandard_json_is_rejected(rollout, serve, body, cause):
+    cp = serve({DRY: reply(200, body)})
     run = rollout(cp.url)
-    rollout.fault(run, "GET /cp/admin/tenants (HTTP 200)", cause)
-    listed_only(cp)
+    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet (HTTP 200)", cause)
+    enumerated_only(cp)
 
 
 def test_cp_redeploy_answer_with_duplicate_ok_is_rejected(rollout, serve):
     results = '[{"slug": "acme", "verified_on_target": true}, {"slug": "birch", "verified_on_target": true}]'
     body = '{"ok": false, "ok": true, "results": ' + results + "}"
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: reply(200, body)})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: reply(200, body)})
     run = rollout(cp.url)
     rollout.fault(run, "duplicate key 'ok'")
     in_flight_unknown(run, "acme", "birch")
@@ -351,8 +381,6 @@ def test_cp_redeploy_answer_with_duplicate_ok_is_rejected(rollout, serve):
 @pytest.mark.parametrize(
     "answer, cause",
     [
-        ({"ok": True, "results": [{"slug": "acme"}, {"slug": "birch", "verified_on_target": True}]},
-         "results[0] is missing required field 'verified_on_target'"),
         ({"ok": True, "results": [{"slug": "acme", "verified_on_target": "true"},
                                   {"slug": "birch", "verified_on_target": True}]},
          "results[0].verified_on_target must be of type boolean"),
@@ -361,47 +389,49 @@ def test_cp_redeploy_answer_with_duplicate_ok_is_rejected(rollout, serve):
         ({"ok": True, "results": [{"slug": "Acme", "verified_on_target": True}]}, "is not a valid slug"),
         ({"results": []}, "is missing required field 'ok'"),
     ],
-    ids=["no-verified_on_target", "verified-as-string", "ok-as-string", "results-as-object", "bad-slug", "no-ok"],
+    ids=["verified-as-string", "ok-as-string", "results-as-object", "bad-slug", "no-ok"],
 )  # fmt: skip
 def test_cp_schema_invalid_redeploy_answer_is_rejected(rollout, serve, answer, cause):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: json_reply(answer)})
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: json_reply(answer)})
     run = rollout(cp.url)
     rollout.fault(run, "redeploy answer (HTTP 200) rejected", cause)
-    assert len(cp.received("POST")) == 1
+    assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
     assert all(t["outcome"] != "shipped" for t in run.report["tenants"])
 
 
-# -- the fleet listing ---------------------------------------------------------------------------------
+# -- the fleet's enumeration (an unscoped dry run) -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "tenants, cause",
     [
-        ([], "the control plane lists no tenants"),
+        ([], "it lists no tenants"),
         (["acme", "birch", "acme"], "duplicate slug 'acme'"),
         (["acme", "evil.example.com/x"], "'evil.example.com/x'"),
         (["acme", "Reno"], "'Reno'"),
         (["acme", "a--"], "'a--'"),
         (["acme", "acme\n"], "'acme\\n'"),
-        (["acme", 7], "tenants[1].slug"),
+        (["acme", 7], "results[1].slug"),
     ],
     ids=["empty", "duplicate", "host-and-path", "upper-case", "trailing-hyphen", "trailing-newline", "not-a-string"],
 )
-def test_cp_bad_fleet_listing_is_refused_before_any_redeploy(rollout, serve, tenants, cause):
-    cp = serve({LIST: listing(*tenants)})
+def test_cp_bad_fleet_enumeration_is_refused_before_any_redeploy(rollout, serve, tenants, cause):
+    rows = [{"slug": s, "phase": "batch-1", "ssm_status": "DryRun"} for s in tenants]
+    cp = serve({DRY: json_reply({"ok": True, "results": rows})})
     run = rollout(cp.url)
     rollout.fault(run, cause)
-    listed_only(cp)
-    assert run.report["calls"][0]["kind"] == "list"
+    enumerated_only(cp)
+    assert run.report["calls"][0]["kind"] == "enumerate"
+    assert run.code == 2  # bad input: nothing was deployed
     assert "scope" not in run.report["plan"]
 
 
-def test_cp_listing_without_tenants_field_is_refused(rollout, serve):
-    cp = serve({LIST: json_reply({"fleet": [{"slug": "acme"}]})})
+def test_cp_enumeration_without_results_field_is_refused(rollout, serve):
+    cp = serve({DRY: json_reply({"ok": True, "fleet": [{"slug": "acme"}]})})
     run = rollout(cp.url)
-    rollout.fault(run, "is missing required field 'tenants'")
-    listed_only(cp)
+    rollout.fault(run, "is missing required field 'results'")
+    enumerated_only(cp)
 
 
 # -- which URLs may be used -----------------------------------------------------------------------------
@@ -443,9 +473,9 @@ def certs(tmp_path_factory):
 
 
 def test_cp_untrusted_certificate_fails_without_fallback(rollout, serve, certs):
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: redeploy_ok}, tls=certs.server_context())
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}, tls=certs.server_context())
     run = rollout(cp.url)
-    rollout.fault(run, "GET /cp/admin/tenants", "TLS certificate verification failed")
+    rollout.fault(run, "POST /cp/admin/tenants/redeploy-fleet", "TLS certificate verification failed")
     assert cp.tls_failures == 1 and cp.requests == [] and cp.plaintext == []  # no second try, over http or not
 
 
@@ -455,7 +485,71 @@ def test_cp_certificate_verifies_with_the_right_ca_bundle_whatever_the_environme
     # requests lets these variables override a session's CA bundle; ca-bundle must still win.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
-    cp = serve({LIST: listing("acme", "birch"), REDEPLOY: redeploy_ok}, tls=certs.server_context())
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}, tls=certs.server_context())
     run = rollout(cp.url, "--ca-bundle", str(certs.ca))
     assert run.code == 0, run.log
-    assert [r.headers["authorization"] for r in cp.requests] == [BEARER, BEARER]
+    assert [r.headers["authorization"] for r in cp.requests] == [BEARER, BEARER, BEARER]
+
+
+# -- the real dialect: retries of gateway flakes, scope safety ----------------------------------------
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_cp_gateway_flake_on_a_real_call_is_sent_again_and_the_rollout_goes_on(rollout, serve, fast_retries, status):
+    flake = echoing(status, BAD_GATEWAY, "text/html")
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: [flake, flake, redeploy_ok]})
+    run = rollout(cp.url, "--cp-timeout-seconds", "5")
+    assert run.code == 0, run.log
+    first, second, third = real_calls(cp)
+    assert first.body == second.body == third.body  # declarative: the same redeploy, sent again
+    assert run.warnings() == [
+        f"::warning::control plane answered HTTP {status} (attempt 1 of 4); sending it again in 0.1 s",
+        f"::warning::control plane answered HTTP {status} (attempt 2 of 4); sending it again in 0.2 s",
+    ]
+    assert run.report["calls"][-1]["attempts"] == 3 and run.report["calls"][-1]["status"] == 200
+
+
+def test_cp_500_with_the_answers_shape_is_the_verdict_and_never_sent_again(rollout, serve, fast_retries):
+    answer = {"ok": False, "error": "canary failed", "results": [{"slug": "acme", "verified_on_target": False}]}
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: json_reply(answer, 500)})
+    run = rollout(cp.url, "--cp-timeout-seconds", "5")
+    rollout.fault(run, "2 stragglers, max tolerated 0 (acme, birch)")
+    assert len(real_calls(cp)) == 1 and not any("sending it again" in w for w in run.warnings())
+    assert run.report["calls"][-1]["attempts"] == 1
+
+
+def ignores_scope(*fleet: str) -> object:
+    """A control plane that answers every call, dry or real, for the whole fleet."""
+    rows = [{"slug": s, "phase": "batch-1", "verified_on_target": True} for s in fleet]
+    return json_reply({"ok": True, "results": rows})
+
+
+def test_cp_that_ignores_only_slugs_is_caught_by_the_probe_before_any_real_call(rollout, serve):
+    cp = serve({DRY: ignores_scope("acme", "birch", "cobalt"), REDEPLOY: redeploy_ok})
+    run = rollout(cp.url, "--batch-size", "1")
+    rollout.fault(run, "cannot scope a call", "only_slugs acme", "answered for birch, cobalt too", "use mode: fleet")
+    assert real_calls(cp) == []  # nothing deployed
+    assert [c["kind"] for c in run.report["calls"]] == ["enumerate", "probe"]
+    assert run.report["rollout"]["verdict"] == "cannot-scope"
+    assert {t["outcome"] for t in run.report["tenants"]} == {"not-attempted"}
+
+
+def test_cp_that_refuses_only_slugs_is_quoted_and_pointed_to_fleet_mode(rollout, serve):
+    refuses = json_reply({"ok": False, "error": "unknown field: only_slugs"}, 400)
+    cp = serve({DRY: [dry_runs("acme", "birch"), refuses], REDEPLOY: redeploy_ok})
+    run = rollout(cp.url)
+    rollout.fault(run, "cannot scope a call", "'unknown field: only_slugs'", "use mode: fleet")
+    assert real_calls(cp) == []
+
+
+def test_cp_that_widens_a_real_call_halts_the_rollout_after_that_call(rollout, serve):
+    widened = ignores_scope("acme", "birch", "cobalt", "dune")
+    cp = serve({DRY: dry_runs("acme", "birch", "cobalt", "dune"), REDEPLOY: [redeploy_ok, widened]})
+    run = rollout(cp.url, "--batch-size", "1", "--max-stragglers", "3")
+    rollout.fault(run, "widened the batch call beyond its only_slugs", "redeploying acme, cobalt, dune", "halted")
+    assert len(real_calls(cp)) == 2  # batch 1, then batch 2 widened: no batch 3
+    assert run.report["rollout"]["verdict"] == "widened"
+    assert run.report["outside_scope"] == ["acme", "cobalt", "dune"]
+    assert "Touched outside the call's scope" in run.summary and "`cobalt`" in run.summary
+    outcomes = {t["slug"]: t["outcome"] for t in run.report["tenants"]}
+    assert outcomes == {"acme": "shipped", "birch": "shipped", "cobalt": "not-attempted", "dune": "not-attempted"}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from faultservers import (
-    LIST,
+    DRY,
     REDEPLOY,
     ClosedPort,
     FaultServer,
     assert_no_token,
-    listing,
+    dry_runs,
     redeploy_ok,
     reply,
     stall,
@@ -45,7 +45,7 @@ def fleet():
     servers: list[FaultServer] = []
 
     def _fleet(birch_healthz=UP) -> FaultServer:
-        routes = {LIST: listing("acme", "birch"), REDEPLOY: redeploy_ok}
+        routes = {DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}
         server = FaultServer(routes | tenant("acme") | tenant("birch", healthz=birch_healthz)).start()
         servers.append(server)
         return server
@@ -56,12 +56,16 @@ def fleet():
 
 
 STEPS = {
-    "rollout": (rollout_main, ["--target-tag", TAG, "--soak-seconds", "0", "--max-stragglers", "0"]),
+    "rollout": (
+        rollout_main,
+        ["--target-tag", TAG, "--soak-seconds", "0", "--max-stragglers", "0", "--cp-timeout-seconds", "2"],
+    ),
     "verify": (
         verify_main,
-        ["--expected-sha", SHA, "--verify-timeout-seconds", "0.6", "--poll-interval-seconds", "0.2"],
+        ["--slugs", "acme,birch", "--expected-sha", SHA, "--verify-timeout-seconds", "0.6",
+         "--poll-interval-seconds", "0.2"],
     ),
-}
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -75,10 +79,9 @@ def step(tmp_path, capsys, monkeypatch):
         where = tmp_path / f"run{next(counter)}"
         where.mkdir()
         report = report or where / "report.json"
-        argv = [
-            "--cp-url", cp_url or server.url, "--tenant-url-template", server.url + "/t/{slug}",
-            "--cp-timeout-seconds", "2", "--report", str(report), *flags, *extra,
-        ]  # fmt: skip
+        argv = ["--tenant-url-template", server.url + "/t/{slug}", "--report", str(report), *flags, *extra]
+        if name == "rollout":
+            argv += ["--cp-url", cp_url or server.url]
 
         def patched(args):
             for key, value in (env or {}).items():
@@ -202,7 +205,7 @@ def test_runner_sigterm_during_verify_leaves_a_partial_report_and_summary(fleet,
     server = fleet(stall())  # birch never answers its healthz
     proc, files = start_step(
         "verify",
-        ["--cp-url", server.url, "--tenant-url-template", server.url + "/t/{slug}", "--expected-sha", SHA,
+        ["--slugs", "acme,birch", "--tenant-url-template", server.url + "/t/{slug}", "--expected-sha", SHA,
          "--verify-timeout-seconds", "60", "--poll-interval-seconds", "0.2"],
         tmp_path,
     )  # fmt: skip
@@ -242,7 +245,7 @@ def test_runner_sigterm_during_a_redeploy_call_leaves_the_outcome_unknown(fleet,
         tmp_path,
     )  # fmt: skip
     try:
-        assert server.wait_for(1, "/cp/admin/tenants/redeploy-fleet", timeout=10)
+        assert server.wait_for(3, "/cp/admin/tenants/redeploy-fleet", timeout=10)  # enumeration, probe, batch
     except BaseException:
         proc.kill()
         raise
@@ -254,7 +257,7 @@ def test_runner_sigterm_during_a_redeploy_call_leaves_the_outcome_unknown(fleet,
     errors = [line for line in out.splitlines() if line.startswith("::error::")]
     assert len(errors) == 1 and "unknown outcome" in errors[0]
     assert "## ❌ Fleet rollout: failed" in files["summary.md"].read_text()
-    assert len(server.received("POST")) == 1
+    assert [r.json()["dry_run"] for r in server.received("POST")] == [True, True, False]
     assert_no_token(TOKEN, out, err, files["report.json"].read_text(), files["summary.md"].read_text())
 
 

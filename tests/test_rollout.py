@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from support import SHA, TAG, bodies, run_step, scenario
+from support import SHA, TAG, all_bodies, bodies, run_step, scenario
 
 from rollout import plan as planning
 from rollout.cli import main
@@ -50,11 +50,17 @@ def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout
     # the canary as its own strict call, then batches that carry no canary and no soak
     sent = bodies(sb)
     assert sent[0] == {
-        "target_tag": TAG, "batch_size": 3, "dry_run": False, "slugs": ["acme"], "canary_slug": "acme",
-        "max_stragglers": 0, "soak_seconds": 0,
+        "target_tag": TAG, "batch_size": 3, "dry_run": False, "confirm": True, "only_slugs": ["acme"],
+        "canary_slug": "acme", "max_stragglers": 0, "soak_seconds": 0,
     }  # fmt: skip
-    assert [b["slugs"] for b in sent[1:]] == [["birch", "cobalt", "dune"], ["reno-stars", "ember", "fjord"], ["harbor"]]
-    assert all(b["canary_slug"] == "" and b["soak_seconds"] == 0 for b in sent[1:])
+    assert [b["only_slugs"] for b in sent[1:]] == [
+        ["birch", "cobalt", "dune"], ["reno-stars", "ember", "fjord"], ["harbor"],
+    ]  # fmt: skip
+    assert all("canary_slug" not in b and b["soak_seconds"] == 0 and b["confirm"] is True for b in sent[1:])
+    # before them: the fleet's enumeration (an unscoped dry run), then the probe of the canary's scope
+    enumeration, probe = all_bodies(sb)[:2]
+    assert enumeration == {"target_tag": TAG, "batch_size": 3, "dry_run": True, "confirm": True}
+    assert probe == sent[0] | {"dry_run": True}
     assert run.summary.startswith("## ✅ Fleet rollout: shipped")
 
 
@@ -94,7 +100,7 @@ def test_budget_is_carried_from_batch_to_batch_and_the_rollout_halts_where_it_is
     sent = bodies(sb)
     # canary strict, batch 1 gets the whole budget, later batches only what is unspent
     assert [b["max_stragglers"] for b in sent] == [0, 1, 0, 0]
-    assert [b["slugs"] for b in sent][1:] == [["a1", "a2"], ["b1", "b2"], ["d1", "d2"]]
+    assert [b["only_slugs"] for b in sent][1:] == [["a1", "a2"], ["b1", "b2"], ["d1", "d2"]]
     # batch 4 (e1, e2) was never called and is named as left on its old build
     outcomes = {t["slug"]: t for t in run.report["tenants"]}
     assert outcomes["e1"]["outcome"] == "not-attempted" and "halted at batch 3" in outcomes["e1"]["reason"]
@@ -106,7 +112,7 @@ def test_failed_canary_fails_whatever_the_budget_and_no_batch_is_called(start, r
     sb = start("canary-fails")
     run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "50")
     assert run.code == 1
-    assert len(bodies(sb)) == 1 and bodies(sb)[0]["slugs"] == ["acme"]
+    assert len(bodies(sb)) == 1 and bodies(sb)[0]["only_slugs"] == ["acme"]
     assert run.report["rollout"]["verdict"] == "canary-failed"
     assert "canary acme failed" in run.report["message"]
     others = [t for t in run.report["tenants"] if t["slug"] != "acme"]
@@ -139,7 +145,7 @@ def test_a_tenant_missing_from_results_is_a_straggler(start, rollout):
     assert run.code == 0
     assert run.report["stragglers"] == ["cobalt"]
     cobalt = next(t for t in run.report["tenants"] if t["slug"] == "cobalt")
-    assert cobalt["reason"] == "no result from the control plane"
+    assert cobalt["reason"] == "no row from the control plane"
     strict = rollout(sb, "--max-stragglers", "0")
     assert strict.code == 1 and "1 straggler, max tolerated 0" in strict.report["message"]
 
@@ -178,7 +184,8 @@ def test_fleet_mode_makes_one_call_that_the_control_plane_drives(start, rollout)
     assert run.code == 0
     sent = bodies(sb)
     assert len(sent) == 1
-    assert sent[0]["canary_slug"] == "acme" and sent[0]["max_stragglers"] == 1 and "slugs" not in sent[0]
+    assert sent[0]["canary_slug"] == "acme" and sent[0]["max_stragglers"] == 1 and "only_slugs" not in sent[0]
+    assert sent[0]["confirm"] is True and len(all_bodies(sb)) == 2  # the enumeration, then the one call
     assert run.report["stragglers"] == ["reno-stars"]
     systemic = rollout(sb, "--mode", "fleet", "--canary-slug", "acme", "--max-stragglers", "0")
     assert systemic.code == 1 and systemic.report["rollout"]["verdict"] == "systemic"
@@ -196,7 +203,7 @@ def test_dry_run_plans_reports_and_deploys_nothing(start, rollout, mode):
     sb = start("incident")
     run = rollout(sb, "--mode", mode, "--canary-slug", "acme", "--dry-run", "true")
     assert run.code == 0
-    assert all(b["dry_run"] is True for b in bodies(sb))
+    assert bodies(sb) == [] and len(all_bodies(sb)) >= 2 and all(b["dry_run"] is True for b in all_bodies(sb))
     assert all(serving(sb, s) != SHA for s in EIGHT)
     assert run.report["rollout"]["verdict"] == "planned"
     assert {t["outcome"] for t in run.report["tenants"]} == {"planned"}
@@ -207,15 +214,15 @@ def test_slugs_limit_the_rollout_and_unknown_names_fail_before_any_call(start, r
     sb = start("incident")
     run = rollout(sb, "--slugs", "reno-stars,\nharbor", "--canary-slug", "acme", "--max-stragglers", "0")
     sent = bodies(sb)
-    assert [b["slugs"] for b in sent] == [["reno-stars", "harbor"]]  # canary outside the scope: not redeployed
+    assert [b["only_slugs"] for b in sent] == [["reno-stars", "harbor"]]  # canary outside the scope: not redeployed
     assert "canary acme is outside the scope" in run.log
     assert serving(sb, "acme") != SHA
     assert run.code == 1  # reno-stars is still wedged and the recovery is strict
     before = len(sb.cp_calls)
     bad = rollout(sb, "--slugs", "harbor,reno")
     assert bad.code == 2
-    assert "slugs names tenants the control plane does not list: reno" in bad.report["message"]
-    assert [c["method"] for c in sb.cp_calls[before:]] == ["GET"]
+    assert "slugs names tenants that are not in the control plane's fleet: reno" in bad.report["message"]
+    assert [c["body"]["dry_run"] for c in sb.cp_calls[before:]] == [True]  # the enumeration only
 
 
 def test_report_and_outputs_are_written_when_the_input_is_bad(start, rollout):
@@ -295,7 +302,7 @@ def test_a_missing_ca_bundle_fails_before_any_call(start, rollout, tmp_path):
 
 @pytest.mark.parametrize("mode", ["scoped", "fleet"])
 def test_a_dry_run_the_control_plane_rejects_fails(start, rollout, mode):
-    sb = start(scenario("acme", "birch", control_plane={"fault": "http_500"}))
+    sb = start(scenario("acme", "birch", control_plane={"fault": "http_500", "on": "dry_run"}))
     run = rollout(sb, "--mode", mode, "--dry-run", "true")
     assert run.code == 1 and run.outputs["ok"] == "false"
     assert "internal error" in run.report["message"]
@@ -356,9 +363,9 @@ def test_the_action_refuses_a_template_without_an_expected_sha_before_the_fleet_
 def test_the_rollout_has_a_deadline_that_no_call_outlives(start, rollout):
     sb = start("incident")
     run = rollout(sb, "--canary-slug", "acme", "--cp-timeout-seconds", "100", "--soak-seconds", "0")
-    # canary + 3 batches, each up to cp-timeout, plus the margin
-    assert run.report["plan"]["deadline_seconds"] == 4 * 100 + planning.RUN_MARGIN_SECONDS
-    assert "deadline 460 s" in run.log
+    # the scope probe, canary + 3 batches, each up to cp-timeout, plus the margin
+    assert run.report["plan"]["deadline_seconds"] == 5 * 100 + planning.RUN_MARGIN_SECONDS
+    assert "deadline 560 s" in run.log
 
 
 def test_a_call_past_the_rollouts_deadline_is_not_sent(start):
@@ -367,8 +374,8 @@ def test_a_call_past_the_rollouts_deadline_is_not_sent(start):
     sb = start("clean")
     cp = ControlPlane(sb.url, sb.token, timeout=30)
     cp.deadline = time.monotonic() - 1
-    with pytest.raises(CPError, match="deadline passed before GET /cp/admin/tenants"):
-        cp.list_fleet()
+    with pytest.raises(CPError, match="deadline passed before POST /cp/admin/tenants/redeploy-fleet"):
+        cp.enumerate({"target_tag": TAG, "confirm": True})
     assert sb.cp_calls == []
 
 

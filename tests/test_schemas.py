@@ -17,6 +17,22 @@ GOOD_RESULT = {
 }  # fmt: skip
 
 
+def dry_run(*slugs):
+    """A dry run's answer as the real control plane gives it: bare rows."""
+    return {"ok": True, "results": [{"slug": s, "phase": "batch-1", "ssm_status": "DryRun"} for s in slugs]}
+
+
+def test_a_dry_run_with_no_rows_is_nothing_to_roll_out():
+    with pytest.raises(ContractError, match="lists no tenants"):
+        contract.enumerated({"ok": True, "results": []})
+
+
+def test_dry_run_rows_and_free_form_phases_are_accepted():
+    for phase in ("canary", "batch-1", "batch-12", "redeploy", None):
+        contract.validate("redeploy-response", {"ok": True, "results": [{"slug": "acme", "phase": phase}]}, "x")
+    assert contract.enumerated(dry_run("acme", "birch")) == ["acme", "birch"]
+
+
 @pytest.mark.parametrize("name", schemas.NAMES)
 def test_every_schema_is_valid_2020_12(name):
     doc = schemas.load(name)
@@ -27,7 +43,7 @@ def test_every_schema_is_valid_2020_12(name):
 @pytest.mark.parametrize("slug", ["acme", "reno-stars", "a", "0", "a1-b2", "x" * 63])
 def test_valid_slugs(slug):
     assert contract.is_slug(slug)
-    assert contract.fleet_slugs({"tenants": [{"slug": slug}]}) == [slug]
+    assert contract.enumerated(dry_run(slug)) == [slug]
 
 
 @pytest.mark.parametrize(
@@ -37,9 +53,9 @@ def test_valid_slugs(slug):
 def test_invalid_slugs_are_rejected_by_schema_and_code_alike(slug):
     assert not contract.is_slug(slug)
     with pytest.raises(ContractError) as err:
-        contract.fleet_slugs({"tenants": [{"slug": "ok"}, {"slug": slug}]})
+        contract.enumerated(dry_run("ok", slug))
     message = str(err.value)
-    assert "tenants[1].slug" in message
+    assert "results[1].slug" in message
     assert "\n" not in message  # the offending value is escaped
     assert contract.show(slug) in message
 
@@ -50,11 +66,11 @@ def test_a_double_dash_inside_is_a_valid_dns_label_but_a_trailing_one_is_not():
 
 def test_duplicate_slugs_are_rejected():
     with pytest.raises(ContractError, match="duplicate slug 'acme'"):
-        contract.fleet_slugs({"tenants": [{"slug": "acme"}, {"slug": "birch"}, {"slug": "acme"}]})
+        contract.enumerated(dry_run("acme", "birch", "acme"))
 
 
 def test_extra_fields_are_allowed_everywhere():
-    contract.fleet_slugs({"tenants": [{"slug": "acme", "plan": "pro"}], "next": None})
+    contract.enumerated({"ok": True, "results": [{"slug": "acme", "phase": "canary", "plan": "pro"}], "next": None})
     contract.validate(
         "redeploy-response",
         {"ok": True, "results": [GOOD_RESULT | {"region": "eu"}], "took_ms": 3},
@@ -78,7 +94,6 @@ def test_optional_result_fields_may_be_missing_or_null():
 @pytest.mark.parametrize(
     ("doc", "field", "why"),
     [
-        ({"ok": True, "results": [{"slug": "acme"}]}, "results[0]", "missing required field 'verified_on_target'"),
         ({"ok": True, "results": [{"verified_on_target": True}]}, "results[0]", "missing required field 'slug'"),
         ({"ok": "yes", "results": []}, "ok", "must be of type boolean"),
         ({"ok": True, "results": {}}, "results", "must be of type array"),
@@ -86,7 +101,7 @@ def test_optional_result_fields_may_be_missing_or_null():
          "must be of type boolean"),
         ({"ok": True, "results": [GOOD_RESULT | {"ssm_exit_code": "0"}]}, "results[0].ssm_exit_code",
          "must be of type"),
-        ({"ok": True, "results": [GOOD_RESULT | {"phase": "rollback"}]}, "results[0].phase", "fails enum"),
+        ({"ok": True, "results": [GOOD_RESULT | {"phase": 3}]}, "results[0].phase", "must be of type"),
         ({"ok": True, "results": [], "stragglers": ["Reno"]}, "stragglers[0]", "not a valid slug"),
         ({"results": []}, "(top level)", "missing required field 'ok'"),
     ],
@@ -101,15 +116,19 @@ def test_rejected_redeploy_answers_name_the_field(doc, field, why):
 @pytest.mark.parametrize(
     "body",
     [
-        {"target_tag": "v1", "slugs": []},
-        {"target_tag": ""},
-        {"canary_slug": "acme"},
-        {"target_tag": "v1", "batch_size": 0},
-        {"target_tag": "v1", "soak_seconds": -1},
-        {"target_tag": "v1", "max_stragglers": 1.5},
-        {"target_tag": "v1", "dry_run": "false"},
-        {"target_tag": "v1", "canary_slug": "Acme"},
-        {"target_tag": "v1", "slugs": ["acme", "evil.example.com/x"]},
+        {"target_tag": "v1", "confirm": True, "only_slugs": []},
+        {"target_tag": "v1", "confirm": True, "slugs": ["acme"]},
+        {"target_tag": "v1", "confirm": False},
+        {"target_tag": "v1"},
+        {"target_tag": "", "confirm": True},
+        {"canary_slug": "acme", "confirm": True},
+        {"target_tag": "v1", "confirm": True, "batch_size": 0},
+        {"target_tag": "v1", "confirm": True, "soak_seconds": -1},
+        {"target_tag": "v1", "confirm": True, "max_stragglers": 1.5},
+        {"target_tag": "v1", "confirm": True, "dry_run": "false"},
+        {"target_tag": "v1", "confirm": True, "canary_slug": "Acme"},
+        {"target_tag": "v1", "confirm": True, "only_slugs": ["acme", "evil.example.com/x"]},
+        {"target_tag": "v1", "confirm": True, "only_slugs": ["acme", "acme"]},
     ],
 )
 def test_redeploy_requests_that_break_the_contract_are_not_sent(body):
@@ -120,7 +139,7 @@ def test_redeploy_requests_that_break_the_contract_are_not_sent(body):
 def test_a_full_redeploy_request_is_accepted():
     body = {
         "target_tag": "sha-0a1b2c3", "canary_slug": "", "soak_seconds": 0, "batch_size": 3, "dry_run": False,
-        "max_stragglers": 0, "slugs": ["acme"],
+        "max_stragglers": 0, "confirm": True, "only_slugs": ["acme"],
     }  # fmt: skip
     contract.validate("redeploy-request", body, "request")
 
@@ -135,7 +154,7 @@ def test_bad_buildinfo(doc):
 
 def test_long_offending_values_are_truncated():
     with pytest.raises(ContractError) as err:
-        contract.fleet_slugs({"tenants": [{"slug": "Z" * 500}]})
+        contract.enumerated(dry_run("Z" * 500))
     assert len(str(err.value)) < 200 and "..." in str(err.value)
 
 

@@ -24,8 +24,8 @@ def verify(tmp_path, capsys, monkeypatch):
             "--poll-interval-seconds", "0.2", "--verify-timeout-seconds", "5",
             "--report", report or str(tmp_path / "verify.json"), *flags,
         ]  # fmt: skip
-        if report is None:
-            argv += ["--cp-url", sb.url]
+        if report is None and "--response" not in flags:
+            argv += ["--slugs", ",".join(sb.slugs)]
         return run_step(main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token)
 
     return _run
@@ -126,7 +126,7 @@ def test_verify_reads_the_rollouts_report_and_extends_it(start, verify, tmp_path
     assert run.report["verify"]["counts"]["verified"] == 7
     assert states(run)["reno-stars"] == "quarantined"
     assert run.report["ok"] is True
-    assert [c["method"] for c in sb.cp_calls].count("GET") == 1  # the fleet came from the report
+    assert len(sb.cp_calls) == len(rolled.report["calls"])  # verify made no call: the fleet came from the report
 
 
 def test_verify_refuses_a_report_whose_rollout_failed(start, verify, tmp_path):
@@ -204,7 +204,7 @@ def test_standalone_verify_never_reads_a_leftover_default_report(start, tmp_path
     leftover = {"schema_version": 1, "ok": False, "rollout": {"ok": False, "verdict": "systemic", "message": "x"}}
     (tmp_path / "fleet-rollout-report.json").write_text(json.dumps(leftover))
     argv = [
-        "--cp-url", sb.url, "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,
+        "--slugs", "acme,birch", "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,
         "--poll-interval-seconds", "0.2", "--verify-timeout-seconds", "5",
     ]  # fmt: skip
     run = run_step(main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token)
@@ -212,3 +212,73 @@ def test_standalone_verify_never_reads_a_leftover_default_report(start, tmp_path
     assert json.loads((tmp_path / "fleet-rollout-report.json").read_text()) == leftover  # untouched
     written = json.loads((tmp_path / "fleet-verify-report.json").read_text())
     assert written["verify"]["counts"]["verified"] == 2
+
+
+# -- --response: a control plane's answer, as a deploy script saved it ----------------------------------
+
+
+def answer_file(tmp_path, doc) -> str:
+    path = tmp_path / "answer.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_response_rows_are_the_tenants_and_its_stragglers_are_quarantined(start, verify, tmp_path):
+    sb = start(deployed("acme", "birch", "reno-stars:wedged"))
+    rows = [{"slug": s, "phase": "batch-1", "verified_on_target": s != "reno-stars"} for s in sb.slugs]
+    doc = {"ok": True, "results": rows, "stragglers": ["reno-stars"]}
+    run = verify(sb, "--response", answer_file(tmp_path, doc))
+    assert run.code == 0, run.report["verify"]["message"]
+    assert states(run) == {"acme": "verified", "birch": "verified", "reno-stars": "quarantined"}
+    assert not sb.tenant_hits.get("reno-stars") and sb.cp_calls == []
+
+
+def test_response_aggregate_of_several_answers_is_read_the_same_way(start, verify, tmp_path):
+    # What a deploy script writes after its canary call and its batch calls: all rows, one stragglers list.
+    sb = start(deployed("acme", "birch", "cobalt", "dune:wedged"))
+    rows = [{"slug": "acme", "phase": "canary"}] + [{"slug": s, "phase": "batch-1"} for s in ("birch", "cobalt")]
+    rows.append({"slug": "dune", "phase": "batch-2", "verified_on_target": False, "error": "healthz timeout"})
+    run = verify(sb, "--response", answer_file(tmp_path, {"ok": True, "results": rows, "stragglers": ["dune"]}))
+    assert run.code == 0
+    assert (run.report["verify"]["counts"]["verified"], run.report["verify"]["counts"]["quarantined"]) == (3, 1)
+    assert states(run) == {"acme": "verified", "birch": "verified", "cobalt": "verified", "dune": "quarantined"}
+
+
+def test_response_without_stragglers_quarantines_nobody(start, verify, tmp_path):
+    sb = start(deployed("acme", "reno-stars:wedged"))
+    doc = {"ok": True, "results": [{"slug": "acme"}, {"slug": "reno-stars"}]}
+    run = verify(sb, "--response", answer_file(tmp_path, doc), "--verify-timeout-seconds", "1")
+    assert run.code == 1
+    assert states(run) == {"acme": "verified", "reno-stars": "unhealthy"}
+    assert sb.tenant_hits["reno-stars"]
+
+
+def test_response_quarantine_is_an_exact_whole_string_match(start, verify, tmp_path):
+    sb = start(deployed("reno", "reno-stars:stale"))
+    doc = {"ok": True, "results": [{"slug": "reno"}, {"slug": "reno-stars"}], "stragglers": ["reno"]}
+    run = verify(sb, "--response", answer_file(tmp_path, doc), "--verify-timeout-seconds", "1")
+    assert states(run) == {"reno": "quarantined", "reno-stars": "stale"}  # `reno` never matches `reno-stars`
+    assert run.code == 1 and sb.tenant_hits["reno-stars"] and not sb.tenant_hits.get("reno")
+
+
+def test_response_that_breaks_the_contract_is_refused_before_any_tenant_is_polled(start, verify, tmp_path):
+    sb = start(deployed("acme"))
+    doc = {"ok": True, "results": [{"slug": "acme"}, {"slug": "acme"}]}
+    run = verify(sb, "--response", answer_file(tmp_path, doc))
+    assert run.code == 2 and "duplicate slug 'acme'" in run.report["verify"]["message"]
+    assert len(run.errors()) == 1 and not any(sb.tenant_hits.values())
+
+
+def test_verify_polls_the_tenants_health_and_build_paths(start, verify):
+    sb = start(deployed("acme"))
+    run = verify(sb, "--healthz-path", "/health", "--buildinfo-path", "/buildinfo")
+    assert run.code == 0
+    assert {h["path"] for h in sb.tenant_hits["acme"]} >= {"health", "buildinfo"}
+
+
+@pytest.mark.parametrize("path", ["health", "/../cp/admin", "/health?x=1", "/health#top", "//evil.example/x", "/a b"])
+def test_tenant_paths_are_checked_before_any_request(start, verify, path):
+    sb = start(deployed("acme"))
+    run = verify(sb, "--healthz-path", path)
+    assert run.code == 2 and "healthz-path must be an absolute path" in run.report["verify"]["message"]
+    assert not any(sb.tenant_hits.values())

@@ -1,5 +1,6 @@
-"""`python -m verify`: the verify step, after a rollout (its report) or on its own (the fleet from the
-control plane, the quarantine from --stragglers)."""
+"""`python -m verify`: the verify step, after a rollout (its report) or on its own: the tenants from a
+redeploy-fleet answer (--response) or from --slugs, the quarantine from the answer's stragglers or from
+--stragglers. Verify never calls the control plane."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ from pathlib import Path
 
 from fleet import contract, http, inputs, report, runner
 from fleet.contract import ContractError, show
-from fleet.cp import ControlPlane, CPError
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
 from fleet.tenant import Tenants
 from verify import poll, summary, verdict
 from verify.verdict import Seen
 
 NAMES = (
-    "cp-url", "expected-sha", "tenant-url-template", "slugs", "stragglers", "verify-timeout-seconds",
-    "poll-interval-seconds", "concurrency", "cp-timeout-seconds", "report", "allow-http", "ca-bundle",
+    "expected-sha", "tenant-url-template", "slugs", "stragglers", "response", "verify-timeout-seconds",
+    "poll-interval-seconds", "concurrency", "report", "allow-http", "ca-bundle", "healthz-path", "buildinfo-path",
 )  # fmt: skip
 
 
@@ -39,9 +39,24 @@ def parse_stragglers(text: str) -> list[str]:
     return contract.parse_slug_list(text, "stragglers") if text else []
 
 
-def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -> tuple[list[str], list[str], str]:
-    """The tenants to verify and the quarantined ones, from the rollout's report or the control plane.
-    A report that holds only an earlier verify is no rollout: the fleet then comes from the listing."""
+def read_response(path: str) -> tuple[list[str], list[str]]:
+    """The tenants and the quarantine from a redeploy-fleet answer, or the aggregate of several that a
+    deploy script wrote: its rows' slugs, and its `stragglers` (absent: none)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ContractError(f"cannot read --response {show(path)}: {exc.strerror}") from None
+    what = f"--response {show(path)}"
+    answer = contract.validate("redeploy-response", contract.parse_json(raw, what), f"{what} rejected")
+    slugs = contract.unique_slugs((row["slug"] for row in answer["results"]), f"{what} rejected")
+    stragglers = contract.unique_slugs(answer.get("stragglers") or [], f"{what} rejected: stragglers")
+    # A straggler without a row is still named: quarantined, never silently left out.
+    return slugs + [s for s in stragglers if s not in slugs], stragglers
+
+
+def scope_and_quarantine(values: dict[str, str], doc: dict | None) -> tuple[list[str], list[str], str]:
+    """The tenants to verify and the quarantined ones: from the rollout's report, a control plane's
+    answer (--response), or --slugs with --stragglers."""
     if doc is not None and "rollout" in doc:
         rollout = doc["rollout"]
         plan = doc.get("plan") or {}
@@ -50,24 +65,25 @@ def scope_and_quarantine(values: dict[str, str], doc: dict | None, token: str) -
                 f"the report's rollout did not ship ({show(rollout.get('verdict', 'no rollout'))}): nothing to verify"
             )
         scope = plan.get("scope") or []
-        for name in ("slugs", "stragglers"):
-            if values[name]:
-                runner.warning(f"--{name} is ignored: the scope and the quarantine come from the rollout's report")
+        _ignored(
+            values, "the scope and the quarantine come from the rollout's report", "slugs", "stragglers", "response"
+        )
         return list(scope), list(doc.get("stragglers", [])), "the rollout's report"
-    if not values["cp-url"]:
-        raise ContractError("verify needs the rollout's report (--report) or cp-url to list the fleet")
-    inputs.check_token(token)
-    allow_http = inputs.boolean("allow-http", values["allow-http"])
-    cp = ControlPlane(
-        http.check_url(values["cp-url"], "cp-url", allow_http),
-        token,
-        timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
-        ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
-    )
-    fleet = cp.list_fleet()
+    if values["response"]:
+        _ignored(values, "the tenants and the quarantine come from --response", "slugs", "stragglers")
+        scope, stragglers = read_response(values["response"])
+        return scope, stragglers, "the control plane's answer"
     if values["slugs"]:
-        fleet = contract.narrow(fleet, contract.parse_slug_list(values["slugs"], "slugs"))
-    return fleet, parse_stragglers(values["stragglers"]), "the control plane's listing"
+        return contract.parse_slug_list(values["slugs"], "slugs"), parse_stragglers(values["stragglers"]), "--slugs"
+    raise ContractError(
+        "verify needs its tenants: --report (the rollout's report), --response (a redeploy-fleet answer) or --slugs"
+    )
+
+
+def _ignored(values: dict[str, str], why: str, *names: str) -> None:
+    for name in names:
+        if values[name]:
+            runner.warning(f"--{name} is ignored: {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAMES,
         argv,
     )
-    values, token = step.values, step.token
+    values = step.values
     report_path = values["report"] or VERIFY_REPORT
     started = time.monotonic()
 
@@ -104,15 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not template:
                 raise ContractError("tenant-url-template is required to verify")
             timeout, interval, concurrency = inputs.verify_limits(values)
+            allow_http = inputs.boolean("allow-http", values["allow-http"])
             tenants = Tenants(
                 template,
-                allow_http=inputs.boolean("allow-http", values["allow-http"]),
+                allow_http=allow_http,
                 ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
                 concurrency=concurrency,
+                healthz_path=inputs.tenant_path("healthz-path", values["healthz-path"]),
+                buildinfo_path=inputs.tenant_path("buildinfo-path", values["buildinfo-path"]),
             )
-            allow_http = inputs.boolean("allow-http", values["allow-http"])
             http.check_url(template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
-            scope, stragglers, source = scope_and_quarantine(values, doc, token)
+            scope, stragglers, source = scope_and_quarantine(values, doc)
             held = set(stragglers)  # exact, whole-string match: `reno` is not `reno-stars`
             targets = [s for s in scope if s not in held]
             runner.log(
@@ -129,9 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
             seen = {slug: polled.seen.get(slug) or seen[slug] for slug in scope}
             counts = verdict.counts(seen)
-    except (ContractError, CPError) as exc:
-        failure = str(exc)
-        code = EXIT_BAD_INPUT if isinstance(exc, ContractError) else EXIT_FAILED
+    except ContractError as exc:
+        failure, code = str(exc), EXIT_BAD_INPUT
     except runner.Terminated as exc:
         failure, code = f"{exc} before the deadline; verdicts are partial", EXIT_TERMINATED
         if polled is not None:

@@ -127,6 +127,6 @@ class _Companion:
 
 
 def _look(tenants: Tenants, base: str, expected_sha: str, deadline: float, companion: _Companion) -> Seen:
-    companion.start(lambda: tenants.get(base + "/buildinfo", deadline))
-    health = tenants.get(base + "/healthz", deadline)
+    companion.start(lambda: tenants.get(base + tenants.buildinfo_path, deadline))
+    health = tenants.get(base + tenants.healthz_path, deadline)
     return verdict.classify(health, companion.result(), expected_sha)
