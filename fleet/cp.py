@@ -142,7 +142,8 @@ class ControlPlane:
         self.deadline: float | None = None  # monotonic; set, no call goes past it
         self._session = requests.Session()
         for adapter in self._session.adapters.values():
-            http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
         runner.register_secret(token)  # scrubbed from every message this client makes
         self._session.auth = _Bearer(token)
         self._session.verify = ca_bundle or True

@@ -10,6 +10,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -136,7 +137,9 @@ class _DeadlineSocket:
 class _DeadlineResponse(http.client.HTTPResponse):
     def __init__(self, sock, *args, **kwargs) -> None:
         deadline = getattr(_answer, "deadline", None)
-        super().__init__(sock if deadline is None else _DeadlineSocket(sock, deadline), *args, **kwargs)
+        # http.client only calls makefile() on what it is given, which _DeadlineSocket provides.
+        wrapped: Any = sock if deadline is None else _DeadlineSocket(sock, deadline)
+        super().__init__(wrapped, *args, **kwargs)
 
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):

@@ -47,6 +47,18 @@ INPUTS: dict[str, Input] = {
         Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
         Input("healthz-path", "/healthz", "the tenant's health path (the real tenants serve /health)"),
         Input("buildinfo-path", "/buildinfo", "the tenant's build path"),
+        Input("api-url", "", "the forge's API (GitHub: https://api.github.com, Gitea: https://host/api/v1)"),
+        Input(
+            "superseded-check",
+            "true",
+            "stand down when the deployed branch has moved past expected-sha; pass tenants serving its head",
+        ),
+        Input(
+            "kill-switch-variable",
+            "",
+            "a repository Actions variable re-read before every real call; true halts the rollout",
+        ),
+        Input("verify", "false", "after the rollout, verify its tenants in the same run (the recovery command's way)"),
         Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), when no report exists"),
         Input("report", "", "path of the JSON report"),
         Input(
@@ -66,18 +78,23 @@ class StepInputs:
     from_env: bool  # run by action.yml
     values: dict[str, str]
     token: str
+    api_token: str  # the forge's, from API_TOKEN
 
 
 def read(prog: str, description: str, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
     """A step's inputs from its flags (or the action's variables) and the token from CP_TOKEN, which
     is registered for masking and scrubbing before anything is printed."""
     args = parser(prog, description, names).parse_args(argv)
-    raw = os.environ.get("CP_TOKEN", "")
+    token, api_token = (_secret(os.environ.get(name, "")) for name in ("CP_TOKEN", "API_TOKEN"))
+    return StepInputs(args.from_env, gather(args, names), token, api_token)
+
+
+def _secret(raw: str) -> str:
     runner.register_secret(raw)
     # A pasted secret often ends in a newline; the token is what lies between the blanks.
     token = raw.strip()
     runner.register_secret(token)
-    return StepInputs(args.from_env, gather(args, names), token)
+    return token
 
 
 def check_token(token: str) -> str:
@@ -105,7 +122,9 @@ def parser(prog: str, description: str, names: Sequence[str]) -> argparse.Argume
     p = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        epilog="The control-plane token is read from the environment variable CP_TOKEN, never from a flag.",
+        epilog="The control-plane token is read from the environment variable CP_TOKEN, and the forge's token "
+        "from API_TOKEN, never from a flag. The repository and branch come from GITHUB_REPOSITORY and "
+        "GITHUB_REF_NAME.",
     )
     for name in names:
         item = INPUTS[name]
@@ -161,9 +180,9 @@ def seconds(name: str, text: str, minimum: float = 0.0) -> float:
 
 def boolean(name: str, text: str) -> bool:
     low = text.lower()
-    if low in ("true", "1", "yes"):
+    if low in ("true", "1", "yes", "on"):
         return True
-    if low in ("false", "0", "no", ""):
+    if low in ("false", "0", "no", "off", ""):
         return False
     raise ContractError(f"{name} must be true or false: got {show(text)}")
 
@@ -178,6 +197,13 @@ def expected_sha(text: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{7,64}", text):
         raise ContractError(f"expected-sha must be at least 7 hex digits: got {show(text)}")
     return text.lower()
+
+
+def variable_name(name: str, text: str) -> str:
+    """An Actions variable's name: letters, digits and _, not starting with a digit; "" is none."""
+    if text and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", text):
+        raise ContractError(f"{name} must be a variable name (letters, digits, _): got {show(text)}")
+    return text
 
 
 def tenant_path(name: str, text: str) -> str:

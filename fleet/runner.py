@@ -103,6 +103,10 @@ def log(line: str) -> None:
     _write(scrub(line))
 
 
+def notice(message: str) -> None:
+    _write(f"::notice::{_escape_data(scrub(message))}")
+
+
 def warning(message: str) -> None:
     _write(f"::warning::{_escape_data(scrub(message))}")
 

@@ -12,14 +12,16 @@ from fleet import inputs, report, runner
 from fleet.contract import ContractError
 from fleet.cp import ControlPlane, CPError
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
-from rollout import drive, summary
+from rollout import drive, gate, summary
 from rollout.coverage import STRAGGLER
 from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
+from verify import cli as verify_cli
 
 NAMES = (
     "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
     "max-stragglers", "mode", "slugs", "dry-run", "poll-interval-seconds", "cp-timeout-seconds", "report",
     "allow-http", "ca-bundle", "verify-timeout-seconds", "concurrency", "healthz-path", "buildinfo-path",
+    "api-url", "superseded-check", "kill-switch-variable", "verify",
 )  # fmt: skip
 
 
@@ -40,18 +42,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: drive.Result | None = None
     cp: ControlPlane | None = None
     failure: str | None = None
+    halted: gate.Stop | None = None
     code = EXIT_FAILED
     try:
         with runner.sigterm_stops():
             # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
             settings = settings_from(values, os.environ, 1 if step.from_env else 0, verify_follows=step.from_env)
             inputs.check_token(token)
+            gate.check_environment(os.environ)  # before any call: the switch means nothing at all is sent
+            checks = gate.gate_for(settings, step.api_token, os.environ)
             cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
             plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
             cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
             _log_plan(settings, plan)
             result = drive.Result.for_plan(plan)
-            drive.run(settings, plan, cp, drive.healthz_watch(settings), result)
+            drive.run(settings, plan, cp, drive.healthz_watch(settings), result, checks)
+    except gate.Stop as stop:  # the environment's kill switch: nothing was sent
+        halted, failure = stop, stop.message
     except ContractError as exc:
         # Bad input, found before anything was redeployed; after a redeploy it is a failed rollout.
         failure, code = str(exc), EXIT_FAILED if cp is not None and cp.sent_real_call else EXIT_BAD_INPUT
@@ -64,26 +71,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is not None and failure:
         result.fail(failure)
 
-    verdict = result.verdict if result and not failure else drive.FAILED
+    verdict = result.verdict if result and not failure else (halted.verdict if halted else drive.FAILED)
     message = result.message if result and not failure else (failure or "")
     ok = result is not None and result.ok and not failure
     doc = _report(settings, plan, result, cp, ok, verdict, message, started)
     report.write(report_path, doc)
     stragglers = doc.get("stragglers", [])
+    follow = _verify_follows(settings, result, cp, ok)
     runner.set_outputs(
         {
             "ok": "true" if ok else "false",
+            "superseded": result.superseded if result else "",
             "stragglers": json.dumps(stragglers),
             "quarantined-count": str(len(stragglers)),
             "report-path": report_path,
-            # Whether the verify step should follow: the action's condition, decided in one place.
-            "verify": "true" if ok and settings and settings.tenant_url_template and not settings.dry_run else "false",
+            # Whether verify follows, and how: the action's condition, decided in one place.
+            "verify": follow,
         }
     )
     _announce(result, ok, message)
     runner.write_summary(summary.render(verdict, message, settings, plan, result))
     runner.log(f"report: {runner.plain(report_path)}")
-    return EXIT_OK if ok else code
+    code = EXIT_OK if ok else code
+    if settings is not None and settings.verify_after and follow != "false":
+        checked = verify_cli.main(_verify_argv(values, report_path))
+        return code or checked
+    return code
+
+
+def _verify_follows(settings: Settings | None, result: drive.Result | None, cp: ControlPlane | None, ok: bool) -> str:
+    """ "true": verify the shipped fleet; "survey": the rollout touched the fleet and then failed, so
+    read every tenant and report who runs which build; "false": nothing to verify."""
+    if settings is None or not settings.tenant_url_template or settings.dry_run or result is None:
+        return "false"
+    if ok:
+        return "false" if result.verdict == drive.SUPERSEDED else "true"
+    return "survey" if cp is not None and cp.sent_real_call else "false"
+
+
+def _verify_argv(values: dict[str, str], report_path: str) -> list[str]:
+    """The verify step's flags, from the rollout's own inputs: it reads the scope from the report."""
+    names = (
+        "expected-sha", "tenant-url-template", "verify-timeout-seconds", "poll-interval-seconds", "concurrency",
+        "allow-http", "ca-bundle", "healthz-path", "buildinfo-path", "api-url", "superseded-check",
+    )  # fmt: skip
+    return ["--report", report_path] + [arg for name in names for arg in (f"--{name}", values[name])]
 
 
 def _log_plan(settings: Settings, plan: Plan) -> None:
@@ -125,6 +157,8 @@ def _report(settings, plan, result, cp, ok, verdict, message, started) -> dict:
         "ok": ok,
         "verdict": verdict,
         "message": message,
+        "touched": cp is not None and cp.sent_real_call,
+        "superseded": result.superseded if result else "",
         "started_at": started,
         "finished_at": report.now(),
     }

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 from fleet import runner
 from fleet.contract import show
-from fleet.cp import ControlPlane, CPRefused
+from fleet.cp import Answer, ControlPlane, CPRefused
 from fleet.tenant import REQUEST_SECONDS, Tenants, health_problem
 from rollout import coverage
 from rollout import plan as planning
 from rollout.coverage import NOT_ATTEMPTED, SHIPPED, STRAGGLER, UNKNOWN, Outcome
+from rollout.gate import SUPERSEDED, Gate, Stop
 from rollout.plan import Plan, Settings
 
 # Verdicts of the rollout step.
@@ -35,10 +36,11 @@ class Result:
     notes: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)  # tenants of the call under way
     outside: list[str] = field(default_factory=list)  # tenants a real call touched outside its scope
+    superseded: str = ""  # the newer head's sha, when the run stood down for it
 
     @property
     def ok(self) -> bool:
-        return self.verdict in (SHIPPED_ALL, QUARANTINED, PLANNED)
+        return self.verdict in (SHIPPED_ALL, QUARANTINED, PLANNED, SUPERSEDED)
 
     def stragglers(self) -> list[str]:
         return coverage.stragglers(list(self.outcomes.values()))
@@ -106,38 +108,22 @@ def healthz_watch(settings: Settings) -> SoakWatch:
     return watch
 
 
-def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, result: Result) -> Result:
-    """Fill `result` as the rollout goes, so a failure part-way still reports what was learned."""
-    if settings.mode == "fleet":
-        _run_fleet(settings, plan, cp, result)
-    else:
-        _run_scoped(settings, plan, cp, watch, result)
+def run(
+    settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, result: Result, gate: Gate | None = None
+) -> Result:
+    """Fill `result` as the rollout goes, so a failure part-way still reports what was learned. Each
+    way the rollout can end early is a Stop: its verdict, its message, and why the rest stay put."""
+    driver = _Driver(settings, plan, cp, result, gate)
+    try:
+        if settings.mode == "fleet":
+            driver.fleet()
+        else:
+            driver.scoped(watch)
+    except Stop as stop:
+        result.verdict, result.message, result.superseded = stop.verdict, stop.message, stop.superseded
+        result.leave(list(result.outcomes), stop.leave)
     result.in_flight = []
     return result
-
-
-def _redeploy(cp: ControlPlane, result: Result, body: dict, kind: str, slugs: list[str]):
-    """One call, its rows judged. A real call that answers for tenants outside its only_slugs has
-    widened: the rollout halts there, naming them (Result.verdict WIDENED)."""
-    result.in_flight = slugs  # until `take` records their outcomes
-    answer = cp.redeploy(body, kind)
-    dry = bool(body.get("dry_run"))
-    outcomes, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
-    result.take(outcomes)
-    if outside and "only_slugs" in body:
-        if dry:
-            _cannot_scope(result, body, f"its dry run answered for {_names(outside)} too")
-        else:
-            result.outside += [s for s in outside if s not in result.outside]
-            result.verdict = WIDENED
-            result.message = (
-                f"the control plane widened the {kind} call beyond its only_slugs, redeploying {_names(outside)}; "
-                "halted: this control plane ignores only_slugs, so use mode: fleet with it"
-            )
-            result.leave(list(result.outcomes), f"not attempted: the rollout halted when the {kind} call widened")
-    elif outside:
-        result.notes.append(f"the control plane answered for tenants its dry run did not list: {_names(outside)}")
-    return answer
 
 
 def _names(slugs: list[str], limit: int = 10) -> str:
@@ -145,178 +131,172 @@ def _names(slugs: list[str], limit: int = 10) -> str:
     return ", ".join(slugs[:limit]) + more
 
 
-def _cannot_scope(result: Result, body: dict, what: str) -> None:
-    result.verdict = CANNOT_SCOPE
-    result.message = (
+def _cannot_scope(body: dict, what: str) -> Stop:
+    return Stop(
+        CANNOT_SCOPE,
         f"the control plane cannot scope a call: asked for only_slugs {_names(body['only_slugs'])} in a dry run, "
-        f"{runner.plain(what)}; nothing was deployed: use mode: fleet with this control plane"
+        f"{runner.plain(what)}; nothing was deployed: use mode: fleet with this control plane",
+        "not attempted: the control plane cannot scope a call",
     )
-    result.leave(list(result.outcomes), "not attempted: the control plane cannot scope a call")
 
 
-def _probe(cp: ControlPlane, result: Result, body: dict, slugs: list[str]) -> bool:
-    """Before the first real scoped call, its dry run must answer for exactly its tenants."""
-    try:
-        answer = cp.redeploy(planning.probe_body(body), "probe")
-    except CPRefused as exc:
-        _cannot_scope(result, body, f"it refused the call: {show(exc.said) if exc.said else exc}")
-        return False
-    answered = [row["slug"] for row in answer.rows]
-    if not answer.succeeded:
-        _cannot_scope(result, body, f"its dry run failed (HTTP {answer.status}): {answer.error}")
-        return False
-    if sorted(answered) != sorted(slugs):
+class _Driver:
+    def __init__(self, settings: Settings, plan: Plan, cp: ControlPlane, result: Result, gate: Gate | None) -> None:
+        self.settings, self.plan, self.cp, self.result, self.gate = settings, plan, cp, result, gate
+
+    def call(self, body: dict, kind: str, slugs: list[str], what: str) -> Answer:
+        """One call, its rows judged into the result. Before a real call the gate is asked; a real call
+        that answers for tenants outside its only_slugs has widened, and the rollout halts there."""
+        dry = bool(body.get("dry_run"))
+        if not dry and self.gate is not None:
+            self.gate.before_real_call(what)
+        self.result.in_flight = slugs  # until `take` records their outcomes
+        answer = self.cp.redeploy(body, kind)
+        outcomes, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
+        self.result.take(outcomes)
+        if outside and "only_slugs" in body:
+            if dry:
+                raise _cannot_scope(body, f"its dry run answered for {_names(outside)} too")
+            self.result.outside += [s for s in outside if s not in self.result.outside]
+            raise Stop(
+                WIDENED,
+                f"the control plane widened {what} beyond its only_slugs, redeploying {_names(outside)}; "
+                "halted: this control plane ignores only_slugs, so use mode: fleet with it",
+                f"not attempted: the rollout halted when {what} widened",
+            )
+        if outside:
+            self.result.notes.append(
+                f"the control plane answered for tenants its dry run did not list: {_names(outside)}"
+            )
+        if dry and not answer.succeeded:  # a plan the control plane rejects would not hold
+            raise Stop(FAILED, f"control plane rejected the dry run of {what}: {answer.error}")
+        return answer
+
+    def probe(self, body: dict, slugs: list[str]) -> None:
+        """Before the first real scoped call, its dry run must answer for exactly its tenants."""
+        try:
+            answer = self.cp.redeploy(planning.probe_body(body), "probe")
+        except CPRefused as exc:
+            raise _cannot_scope(body, f"it refused the call: {show(exc.said) if exc.said else exc}") from None
+        if not answer.succeeded:
+            raise _cannot_scope(body, f"its dry run failed (HTTP {answer.status}): {answer.error}")
+        answered = [row["slug"] for row in answer.rows]
         extra = [s for s in answered if s not in slugs]
         missing = [s for s in slugs if s not in answered]
-        said = ", ".join(
-            part
-            for part in (
-                f"answered for {_names(extra)} too" if extra else "",
-                f"did not answer for {_names(missing)}" if missing else "",
+        said = [f"answered for {_names(extra)} too"] if extra else []
+        said += [f"did not answer for {_names(missing)}"] if missing else []
+        if said:
+            raise _cannot_scope(body, "it " + ", ".join(said))
+
+    def canary_must_pass(self, answer: Answer) -> None:
+        canary = self.result.outcomes[self.plan.canary]
+        if canary.outcome != SHIPPED:
+            reason = canary.reason or (answer.error if not answer.succeeded else "not verified on target")
+            if canary.outcome == UNKNOWN:
+                self.result.outcomes[self.plan.canary] = Outcome(canary.slug, STRAGGLER, canary.phase, reason)
+            for slug, outcome in self.result.outcomes.items():  # a control plane stops at a failed canary
+                if outcome.outcome == UNKNOWN:
+                    self.result.outcomes[slug] = Outcome(slug, NOT_ATTEMPTED, None, "not attempted: the canary failed")
+            raise Stop(
+                CANARY_FAILED,
+                f"canary {self.plan.canary} failed: {runner.plain(reason)}; no other tenant was redeployed",
+                "not attempted: the canary failed",
             )
-            if part
-        )
-        _cannot_scope(result, body, f"it {said}")
-        return False
-    return True
 
-
-def _judge_canary(result: Result, plan: Plan, outcome: Outcome, cp_error: str | None) -> bool:
-    if outcome.outcome == SHIPPED:
-        return True
-    reason = outcome.reason or cp_error or "not verified on target"
-    outcome.outcome = STRAGGLER if outcome.outcome == UNKNOWN else outcome.outcome
-    result.verdict = CANARY_FAILED
-    result.message = f"canary {plan.canary} failed: {runner.plain(reason)}; no other tenant was redeployed"
-    others = [s for s in plan.scope if s != plan.canary]
-    for slug in others:
-        result.outcomes[slug] = Outcome(slug, NOT_ATTEMPTED, None, "not attempted: the canary failed")
-    return False
-
-
-def _halted(result: Result) -> bool:
-    return result.verdict in (WIDENED, CANNOT_SCOPE)
-
-
-def _run_scoped(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, result: Result) -> None:
-    if settings.dry_run:
-        calls = ([("canary", [plan.canary], planning.canary_body(settings, plan))] if plan.canary else []) + [
-            ("batch", b, planning.batch_body(settings, b, plan.budget)) for b in plan.batches
-        ]
-        for kind, slugs, body in calls:
-            answer = _redeploy(cp, result, body, kind, slugs)
-            if _halted(result) or _rejected_plan(result, answer, kind):
-                return
-        result.verdict = PLANNED
-        result.message = f"dry run: {len(plan.scope)} tenants planned in {len(calls)} calls; nothing was deployed"
-        return
-
-    if plan.canary:
-        first_body, first_slugs = planning.canary_body(settings, plan), [plan.canary]
-    else:
-        first_body, first_slugs = planning.batch_body(settings, plan.batches[0], plan.budget), plan.batches[0]
-    if not _probe(cp, result, first_body, first_slugs):
-        return
-
-    if plan.canary:
-        runner.log(f"canary: {plan.canary}")
-        answer = _redeploy(cp, result, planning.canary_body(settings, plan), "canary", [plan.canary])
-        if _halted(result):
+    def scoped(self, watch: SoakWatch) -> None:
+        settings, plan, result = self.settings, self.plan, self.result
+        calls = len(plan.batches) + (1 if plan.canary else 0)
+        if settings.dry_run:
+            if plan.canary:
+                self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call")
+            for number, batch in enumerate(plan.batches, start=1):
+                self.call(planning.batch_body(settings, batch, plan.budget), "batch", batch, f"the batch {number} call")
+            result.verdict = PLANNED
+            result.message = f"dry run: {len(plan.scope)} tenants planned in {calls} calls; nothing was deployed"
             return
-        ok = answer.succeeded
-        if not _judge_canary(result, plan, result.outcomes[plan.canary], None if ok else answer.error):
-            return
-        if not ok:  # verified, yet the call failed: trust the failure
-            result.verdict = FAILED
-            result.message = f"control plane reported the canary call failed: {answer.error}"
-            result.leave(plan.scope, "not attempted: the canary call failed")
-            return
-        if settings.soak_seconds:
-            runner.log(f"soaking canary {plan.canary} for {settings.soak_seconds} s")
-            trouble = watch(plan.canary, settings.soak_seconds)
-            if trouble:
-                canary = result.outcomes[plan.canary]
-                canary.outcome, canary.reason = STRAGGLER, f"turned unhealthy while soaking: {trouble}"
-                result.verdict = CANARY_FAILED
-                result.message = (
-                    f"canary {plan.canary} turned unhealthy while soaking ({trouble}); no other tenant was redeployed"
+
+        if plan.canary:
+            self.probe(planning.canary_body(settings, plan), [plan.canary])
+            runner.log(f"canary: {plan.canary}")
+            answer = self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call")
+            self.canary_must_pass(answer)
+            if not answer.succeeded:  # verified, yet the call failed: trust the failure
+                raise Stop(
+                    FAILED,
+                    f"control plane reported the canary call failed: {answer.error}",
+                    "not attempted: the canary call failed",
                 )
-                result.leave(plan.scope, "not attempted: the canary failed its soak")
-                return
+            if settings.soak_seconds:
+                runner.log(f"soaking canary {plan.canary} for {settings.soak_seconds} s")
+                trouble = watch(plan.canary, settings.soak_seconds)
+                if trouble:
+                    canary = result.outcomes[plan.canary]
+                    canary.outcome, canary.reason = STRAGGLER, f"turned unhealthy while soaking: {trouble}"
+                    raise Stop(
+                        CANARY_FAILED,
+                        f"canary {plan.canary} turned unhealthy while soaking ({trouble}); "
+                        "no other tenant was redeployed",
+                        "not attempted: the canary failed its soak",
+                    )
+        else:
+            self.probe(planning.batch_body(settings, plan.batches[0], plan.budget), plan.batches[0])
 
-    spent: list[str] = []
-    for number, batch in enumerate(plan.batches, start=1):
-        unspent = plan.budget - len(spent)
-        runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
-        answer = _redeploy(cp, result, planning.batch_body(settings, batch, unspent), "batch", batch)
-        if _halted(result):
+        spent: list[str] = []
+        for number, batch in enumerate(plan.batches, start=1):
+            unspent = plan.budget - len(spent)
+            runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
+            body = planning.batch_body(settings, batch, unspent)
+            answer = self.call(body, "batch", batch, f"the batch {number} call")
+            spent += [s for s in batch if result.outcomes[s].outcome == STRAGGLER]
+            halted = f"not attempted: the rollout halted at batch {number} of {len(plan.batches)}"
+            if coverage.over_budget(len(spent), plan.budget):
+                left = sum(len(b) for b in plan.batches[number:])
+                raise Stop(
+                    SYSTEMIC,
+                    f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} "
+                    f"({', '.join(spent)}); halted at batch {number} of {len(plan.batches)}, "
+                    f"{left} tenant{'s' if left != 1 else ''} left on their old build",
+                    halted,
+                )
+            if not answer.succeeded:
+                raise Stop(
+                    FAILED,
+                    f"control plane reported batch {number} failed: {answer.error}; "
+                    "halted, later batches left on their old build",
+                    halted,
+                )
+        self.finish(spent)
+
+    def fleet(self) -> None:
+        settings, plan, result = self.settings, self.plan, self.result
+        body = planning.fleet_body(settings, plan)
+        if planning.probes(settings):
+            self.probe(body, plan.scope)
+        # The control plane halts a failed fleet call part-way: tenants with no row may be untouched.
+        answer = self.call(body, "fleet", plan.scope, "the fleet call")
+        if settings.dry_run:
+            result.verdict = PLANNED
+            result.message = f"dry run: {len(plan.scope)} tenants planned in 1 call; nothing was deployed"
             return
-        spent += [s for s in batch if result.outcomes[s].outcome == STRAGGLER]
-        halted = f"not attempted: the rollout halted at batch {number} of {len(plan.batches)}"
+        if plan.canary:
+            self.canary_must_pass(answer)
+        spent = [s for s in result.stragglers() if s != plan.canary]
         if coverage.over_budget(len(spent), plan.budget):
-            result.verdict = SYSTEMIC
-            left = sum(len(b) for b in plan.batches[number:])
-            result.message = (
-                f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} "
-                f"({', '.join(spent)}); halted at batch {number} of {len(plan.batches)}, "
-                f"{left} tenant{'s' if left != 1 else ''} left on their old build"
+            raise Stop(
+                SYSTEMIC,
+                f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} ({', '.join(spent)})",
             )
-            result.leave(plan.scope, halted)
-            return
         if not answer.succeeded:
-            result.verdict = FAILED
-            result.message = (
-                f"control plane reported batch {number} failed: {answer.error}; "
-                "halted, later batches left on their old build"
+            raise Stop(FAILED, f"control plane reported the fleet call failed: {answer.error}")
+        self.finish(spent)
+
+    def finish(self, spent: list[str]) -> None:
+        settings, plan, result = self.settings, self.plan, self.result
+        shipped = sum(1 for o in result.outcomes.values() if o.outcome == SHIPPED)
+        result.verdict = QUARANTINED if spent else SHIPPED_ALL
+        result.message = f"shipped {settings.target_tag} to {shipped} of {len(plan.scope)} tenants"
+        if spent:
+            result.message += (
+                f"; {len(spent)} quarantined within the budget of {plan.budget} ({', '.join(spent)}): "
+                "recover individually"
             )
-            result.leave(plan.scope, halted)
-            return
-    _finish(settings, plan, result, spent)
-
-
-def _run_fleet(settings: Settings, plan: Plan, cp: ControlPlane, result: Result) -> None:
-    body = planning.fleet_body(settings, plan)
-    if planning.probes(settings) and not _probe(cp, result, body, plan.scope):
-        return
-    # The control plane halts a failed fleet call part-way: tenants with no row may be untouched.
-    answer = _redeploy(cp, result, body, "fleet", plan.scope)
-    if _halted(result):
-        return
-    if settings.dry_run:
-        if _rejected_plan(result, answer, "fleet"):
-            return
-        result.verdict = PLANNED
-        result.message = f"dry run: {len(plan.scope)} tenants planned in 1 call; nothing was deployed"
-        return
-    failed = not answer.succeeded
-    if plan.canary and not _judge_canary(result, plan, result.outcomes[plan.canary], answer.error if failed else None):
-        return
-    spent = [s for s in result.stragglers() if s != plan.canary]
-    if coverage.over_budget(len(spent), plan.budget):
-        result.verdict = SYSTEMIC
-        result.message = f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} ({', '.join(spent)})"
-        return
-    if failed:
-        result.verdict = FAILED
-        result.message = f"control plane reported the fleet call failed: {answer.error}"
-        return
-    _finish(settings, plan, result, spent)
-
-
-def _rejected_plan(result: Result, answer, kind: str) -> bool:
-    """A dry run the control plane answered with a failure fails too: its plan would not hold."""
-    if answer.succeeded:
-        return False
-    result.verdict = FAILED
-    result.message = f"control plane rejected the dry run's {kind} call: {answer.error}"
-    return True
-
-
-def _finish(settings: Settings, plan: Plan, result: Result, spent: list[str]) -> None:
-    shipped = sum(1 for o in result.outcomes.values() if o.outcome == SHIPPED)
-    result.verdict = QUARANTINED if spent else SHIPPED_ALL
-    result.message = f"shipped {settings.target_tag} to {shipped} of {len(plan.scope)} tenants"
-    if spent:
-        result.message += (
-            f"; {len(spent)} quarantined within the budget of {plan.budget} ({', '.join(spent)}): recover individually"
-        )

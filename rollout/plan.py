@@ -74,6 +74,11 @@ class Settings:
     allow_http: bool
     ca_bundle: str | None
     healthz_path: str = "/healthz"
+    buildinfo_path: str = "/buildinfo"
+    api_url: str = ""
+    superseded_check: bool = False
+    kill_switch_variable: str = ""
+    verify_after: bool = False  # verify in the same run (the recovery command)
 
 
 def settings_from(
@@ -99,8 +104,10 @@ def settings_from(
     sha = values["expected-sha"]
     if "concurrency" in values:
         inputs.verify_limits(values)  # verify's own inputs fail here, before the fleet moves
-        inputs.tenant_path("buildinfo-path", values["buildinfo-path"])
-    if verify_follows and template and not sha:
+    verify_after = inputs.boolean("verify", values["verify"])
+    if verify_after and not template:
+        raise ContractError("verify true needs tenant-url-template: the tenants to poll")
+    if (verify_follows or verify_after) and template and not sha:
         raise ContractError("expected-sha is required with tenant-url-template: verify checks buildinfo against it")
     return Settings(
         cp_url=http.check_url(values["cp-url"], "cp-url", allow_http),
@@ -119,6 +126,11 @@ def settings_from(
         allow_http=allow_http,
         ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
         healthz_path=inputs.tenant_path("healthz-path", values["healthz-path"]),
+        buildinfo_path=inputs.tenant_path("buildinfo-path", values["buildinfo-path"]),
+        api_url=http.check_url(values["api-url"], "api-url", allow_http) if values["api-url"] else "",
+        superseded_check=inputs.boolean("superseded-check", values["superseded-check"]),
+        kill_switch_variable=inputs.variable_name("kill-switch-variable", values["kill-switch-variable"]),
+        verify_after=verify_after,
     )
 
 

@@ -20,7 +20,8 @@ ICONS = {
 
 
 def recovery_command(settings: Settings, slugs: list[str]) -> str:
-    """The one line that redeploys just `slugs`, strict, without a canary."""
+    """The one command that redeploys just `slugs`, strictly and without a canary, and then verifies
+    exactly them against the expected build. It runs wherever the action's package is installed."""
     args = [
         "python", "-m", "rollout",
         "--cp-url", settings.cp_url,
@@ -29,8 +30,12 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
         "--max-stragglers", "0",
         "--soak-seconds", "0",
     ]  # fmt: skip
-    if settings.tenant_url_template:
-        args += ["--tenant-url-template", settings.tenant_url_template]
+    if settings.tenant_url_template and settings.expected_sha:
+        args += ["--tenant-url-template", settings.tenant_url_template, "--expected-sha", settings.expected_sha]
+        args += ["--verify", "true"]
+        for name, value in (("healthz-path", settings.healthz_path), ("buildinfo-path", settings.buildinfo_path)):
+            if value != INPUTS[name].default:
+                args += [f"--{name}", value]
     if settings.allow_http:
         args += ["--allow-http", "true"]
     if settings.ca_bundle:
@@ -69,7 +74,12 @@ def render(
         title = "Quarantined: recover individually" if result.ok else "Stragglers"
         parts += [f"### {title}", ""]
         parts += [f"- `{o.slug}`: {md(o.reason or '')}" for o in stragglers]
-        parts += ["", "Redeploy just these once fixed (or run the action with `slugs:` set to them):", ""]
+        parts += [
+            "",
+            "Once fixed, redeploy just these strictly and verify them (where the action is installed: "
+            "`pip install` of its repository), or run the recovery workflow with `slugs:` set to them:",
+            "",
+        ]
         parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
     if result.outside:
         parts += ["### Touched outside the call's scope", ""]
@@ -82,11 +92,13 @@ def render(
         ]
     for line in result.notes:
         parts.append(f"> {md(line)}")
-    rows = [(f"`{o.slug}`", o.phase or "", o.outcome, md(o.reason or "")) for o in outcomes]
+    tenant_rows = [(f"`{o.slug}`", o.phase or "", o.outcome, md(o.reason or "")) for o in outcomes]
     parts += [
         "",
         markdown.fold(
-            f"Tenants ({len(rows)})", markdown.table(("tenant", "phase", "outcome", "reason"), rows), len(rows)
+            f"Tenants ({len(tenant_rows)})",
+            markdown.table(("tenant", "phase", "outcome", "reason"), tenant_rows),
+            len(tenant_rows),
         ),
     ]
     return "\n".join(parts)

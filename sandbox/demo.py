@@ -36,6 +36,9 @@ def workflow(sandbox: Sandbox, head: str) -> dict:
                         "with": {
                             "cp-url": sandbox.url,
                             "cp-token": "${{ env.FLEET_TOKEN }}",
+                            "api-url": sandbox.github_api_url,  # the sandbox plays the forge too
+                            "api-token": sandbox.forge_token,
+                            "kill-switch-variable": "PROD_AUTO_DEPLOY_DISABLED",
                             "target-tag": f"sha-{head}",
                             "tenant-url-template": sandbox.tenant_url_template,
                             "canary-slug": "acme",
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     head = project_copy(scratch / "project")
     runner = Act(act, scratch / "project", scratch / "act-cache")
     scenario = load_scenario("incident")
+    # act names the repository nektos/act; the branch main points at the commit being deployed.
+    scenario["forge"] = {**scenario["forge"], "repository": "nektos/act", "branch": "main", "head": head}
     print(f"Starting the sandbox control plane with the incident fleet: {scenario['description']}")
     with Sandbox(scenario) as sandbox:
         print(f"  control plane {sandbox.url}, tenants {sandbox.tenant_url_template}")

@@ -106,22 +106,33 @@ class Run:
 
     def assert_outputs(self, **expected: str) -> None:
         assert set(self.outputs) == {
-            "ok", "stragglers", "quarantined-count", "verified-count", "failed-count", "report-path",
+            "ok", "superseded", "stragglers", "quarantined-count", "verified-count", "failed-count", "report-path",
         }  # fmt: skip
-        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k != "report-path"}
+        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k not in ("report-path", "superseded")}
+        assert self.outputs["superseded"] == "", self.log
         assert got == expected, self.log
         assert self.outputs["report-path"].endswith(".json")
 
 
-def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, **inputs: str) -> Run:
+def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, forge: dict | None = None, **inputs: str) -> Run:
     runner, head = act
     scenario = load_scenario(preset)
     token = "cp-" + secrets.token_hex(16)
     scenario["token"] = token
+    # The sandbox plays the forge too: act names the repository nektos/act and the branch main.
+    scenario["forge"] = {
+        **scenario["forge"],
+        "repository": "nektos/act",
+        "branch": "main",
+        "head": head,
+        **(forge or {}),
+    }
     with Sandbox(scenario) as sandbox:
         with_inputs = {
             "cp-url": sandbox.url,
             "cp-token": "${{ env.FLEET_TOKEN }}",
+            "api-url": sandbox.github_api_url,
+            "api-token": sandbox.forge_token,
             "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
             "tenant-url-template": sandbox.tenant_url_template,
             "canary-slug": "acme",
@@ -210,14 +221,16 @@ def test_systemic_failure_halts_the_rollout_and_fails_the_step(act, tmp_path):
 
     assert run.outcome == "failure"
     assert run.outputs["ok"] == "false"
-    assert run.outputs["verified-count"] == "" and run.outputs["failed-count"] == ""  # verify did not run
+    # it touched the fleet, then halted: verify surveyed every tenant (4 on the new build, 4 not)
+    assert run.outputs["verified-count"] == "4" and run.outputs["failed-count"] == "4"
     learned = json.loads(run.outputs["stragglers"])
     assert "cobalt" in learned and set(learned) <= {"cobalt", "reno-stars", "fjord"}
     # The batch that broke the budget was the last call: harbor was never touched.
     assert [b["only_slugs"] for b in run.redeploys[1:]] == BATCHES[:2]
     assert not any("harbor" in b["only_slugs"] for b in run.redeploys)
     assert "::error::" in run.log
-    assert "Fleet rollout" in run.summary and "Fleet verify" not in run.log
+    assert "Fleet rollout" in run.log and "Fleet survey after a failed rollout" in run.summary
+    assert run.report is not None and run.report["verify"]["mode"] == "survey"
     assert run.report is not None and run.report["ok"] is False
     run.assert_token_kept_secret()
 
@@ -264,6 +277,38 @@ def test_selftest_workflow_passes_under_act(act, tmp_path):
     assert "Failure - Main Systemic failure (expected to fail)" in done.log
 
 
+@pytest.mark.act
+def test_a_run_whose_branch_moved_on_stands_down_without_a_real_call(act, tmp_path):
+    newer = "cd" * 20
+    run = run_action(act, tmp_path, "clean", forge={"head": newer})
+
+    assert run.outcome == "success", run.errors
+    assert run.outputs["ok"] == "true" and run.outputs["superseded"] == newer
+    assert run.redeploys == []  # nothing deployed: the newer run deploys
+    assert run.outputs["verified-count"] == ""  # and nothing to verify
+    assert f"now points at {newer[:12]}" in run.log
+    run.assert_token_kept_secret()
+
+
+@pytest.mark.act
+def test_the_kill_switch_flipped_mid_rollout_halts_before_the_next_call(act, tmp_path):
+    flip = [{"calls": 2, "variables": {"PROD_AUTO_DEPLOY_DISABLED": "true"}}]
+    run = run_action(
+        act, tmp_path, "clean", forge={"after_calls": flip}, **{"kill-switch-variable": "PROD_AUTO_DEPLOY_DISABLED"}
+    )
+
+    assert run.outcome == "failure"
+    assert run.outputs["ok"] == "false"
+    assert len(run.redeploys) == 2  # the canary and batch 1, then the switch
+    assert any(
+        "halted before the batch 2 call: the kill switch variable PROD_AUTO_DEPLOY_DISABLED" in e for e in run.errors
+    )
+    assert run.report is not None and run.report["rollout"]["verdict"] == "halted"
+    # it touched the fleet, then stopped: verify surveyed who runs which build, and the step stays failed
+    assert run.report["verify"]["mode"] == "survey" and "Fleet survey after a failed rollout" in run.log
+    run.assert_token_kept_secret()
+
+
 # -- action.yml's shell, run directly -------------------------------------------------------------
 
 
@@ -272,7 +317,7 @@ def step_script(name: str) -> str:
 
 
 def test_mask_step_masks_each_line_of_the_token_under_a_runner_only():
-    script = step_script("Mask the control plane token")
+    script = step_script("Mask the tokens")
     token = "first-line\r\nsecond%0Aline\n   \nthird"
 
     masked = subprocess.run(
@@ -284,6 +329,13 @@ def test_mask_step_masks_each_line_of_the_token_under_a_runner_only():
         "::add-mask::second%250Aline",  # '%' escaped, so the runner masks the literal text
         "::add-mask::third",
     ]
+
+    forge = subprocess.run(
+        [BASH, "-e", "-c", script], env={"API_TOKEN": "api-one\napi-two", "GITHUB_ACTIONS": "true",
+                                         "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert forge.stdout.splitlines() == ["::add-mask::api-one", "::add-mask::api-two"]
 
     plain = subprocess.run(
         [BASH, "-e", "-c", script], env={"CP_TOKEN": token, "PATH": os.environ["PATH"]},

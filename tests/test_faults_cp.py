@@ -546,7 +546,7 @@ def test_cp_that_widens_a_real_call_halts_the_rollout_after_that_call(rollout, s
     widened = ignores_scope("acme", "birch", "cobalt", "dune")
     cp = serve({DRY: dry_runs("acme", "birch", "cobalt", "dune"), REDEPLOY: [redeploy_ok, widened]})
     run = rollout(cp.url, "--batch-size", "1", "--max-stragglers", "3")
-    rollout.fault(run, "widened the batch call beyond its only_slugs", "redeploying acme, cobalt, dune", "halted")
+    rollout.fault(run, "widened the batch 2 call beyond its only_slugs", "redeploying acme, cobalt, dune", "halted")
     assert len(real_calls(cp)) == 2  # batch 1, then batch 2 widened: no batch 3
     assert run.report["rollout"]["verdict"] == "widened"
     assert run.report["outside_scope"] == ["acme", "cobalt", "dune"]

@@ -185,11 +185,11 @@ def test_an_answer_that_cannot_be_judged_costs_no_worker(start, verify, monkeypa
     sb = start(deployed("acme", "birch", "cobalt"))
     calls = {"n": 0}
 
-    def flaky(health, build, expected):
+    def flaky(health, build, expected, head=None):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RecursionError("nested too deeply")
-        return real(health, build, expected)
+        return real(health, build, expected, head)
 
     monkeypatch.setattr(verdict, "classify", flaky)
     run = verify(sb, "--concurrency", "1", "--verify-timeout-seconds", "20")

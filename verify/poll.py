@@ -1,5 +1,6 @@
 """Polling the fleet: `concurrency` workers share one connection pool and a queue ordered by when each
-tenant is next due. A tenant is done once verified; the poll ends when all are, or at the deadline."""
+tenant is next due. A tenant is done once its verdict is final (verified or superseded; in a survey, any
+answer); the poll ends when all are, or at the deadline."""
 
 from __future__ import annotations
 
@@ -26,22 +27,24 @@ class Fleet:
     slugs: list[str]
     seen: dict[str, Seen]
     polls: int = 0
+    done: frozenset[str] = verdict.PASSING  # the verdicts that end a tenant's polling
 
     def waiting(self) -> int:
-        return sum(1 for s in self.slugs if self.seen.get(s, Seen("")).state != verdict.VERIFIED)
+        return sum(1 for s in self.slugs if self.seen.get(s, Seen("")).state not in self.done)
 
 
 def poll(
     tenants: Tenants,
     fleet: Fleet,
     expected_sha: str,
+    head: str | None = None,
     *,
     timeout: float,
     interval: float,
     concurrency: int,
     progress: Callable[[Fleet, float], None] = lambda fleet, left: None,
 ) -> Fleet:
-    """Poll `fleet.slugs` until every one is verified or `timeout` passes, recording each tenant's
+    """Poll `fleet.slugs` until every one is done (`fleet.done`) or `timeout` passes, recording each tenant's
     latest verdict in `fleet.seen` as it goes (so a caller stopped part-way still has them). A tenant
     that never answered before the deadline is unreachable."""
     start = time.monotonic()
@@ -65,7 +68,7 @@ def poll(
                 _, order, slug = heapq.heappop(due)
             began = time.monotonic()
             try:
-                seen = _look(tenants, urls[slug], expected_sha, deadline, companion)
+                seen = _look(tenants, urls[slug], expected_sha, head, deadline, companion)
             except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
                 seen = Seen(verdict.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
             with lock:
@@ -74,7 +77,7 @@ def poll(
                 if time.monotonic() <= deadline or slug not in fleet.seen:
                     fleet.seen[slug] = seen
                 fleet.polls += 1
-                if seen.state == verdict.VERIFIED:
+                if seen.state in fleet.done:
                     open_count[0] -= 1
                     if open_count[0] == 0:
                         done.set()
@@ -126,7 +129,9 @@ class _Companion:
         return self._outbox.get()
 
 
-def _look(tenants: Tenants, base: str, expected_sha: str, deadline: float, companion: _Companion) -> Seen:
+def _look(
+    tenants: Tenants, base: str, expected_sha: str, head: str | None, deadline: float, companion: _Companion
+) -> Seen:
     companion.start(lambda: tenants.get(base + tenants.buildinfo_path, deadline))
     health = tenants.get(base + tenants.healthz_path, deadline)
-    return verdict.classify(health, companion.result(), expected_sha)
+    return verdict.classify(health, companion.result(), expected_sha, head)

@@ -1,20 +1,32 @@
 """The verify step's summary: verdict first, the counts (quarantined stragglers among them), the tenants
-that need attention with their reasons, and the verified ones folded when the list is long."""
+that need attention with their reasons, what to do next for each group, and the verified ones folded
+when the list is long. After a failed rollout it is a survey: who runs which build."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from fleet import markdown
 from fleet.runner import md
-from verify.verdict import FAILING, QUARANTINED, STALE, UNHEALTHY, UNREACHABLE, VERIFIED, Seen
+from verify.verdict import FAILING, QUARANTINED, STALE, SUPERSEDED, UNHEALTHY, UNREACHABLE, VERIFIED, Seen
 
 
-def render(ok: bool, message: str, seen: dict[str, Seen], counts: dict[str, int] | None) -> str:
+def render(
+    ok: bool,
+    message: str,
+    seen: dict[str, Seen],
+    counts: dict[str, int] | None,
+    steps: dict[str, str | None] | None = None,
+    survey: str = "",
+) -> str:
     icon = "✅" if ok else "❌"
-    parts = [f"## {icon} Fleet verify: {'passed' if ok else 'failed'}", "", md(message), ""]
+    title = "Fleet survey after a failed rollout" if survey else f"Fleet verify: {'passed' if ok else 'failed'}"
+    parts = [f"## {icon} {title}", "", md(message), ""]
     if counts is None:
         return "\n".join(parts)
     rows = [
         ("Verified", counts[VERIFIED]),
+        ("Superseded (on the branch's newer head)", counts[SUPERSEDED]),
         ("Quarantined stragglers", counts[QUARANTINED]),
         ("Stale", counts[STALE]),
         ("Unhealthy", counts[UNHEALTHY]),
@@ -22,13 +34,28 @@ def render(ok: bool, message: str, seen: dict[str, Seen], counts: dict[str, int]
         ("Total", counts["total"]),
     ]
     parts += [markdown.table(("", "tenants"), rows), ""]
-    attention = [(slug, s) for slug, s in seen.items() if s.state in FAILING or s.state == QUARANTINED]
+    if survey:
+        builds: dict[str, list[str]] = defaultdict(list)
+        for slug, s in seen.items():
+            builds[s.build[:12] if s.build else f"none ({s.state})"].append(slug)
+        parts += ["### Who runs which build", ""]
+        by_build = [(f"`{md(build)}`", len(slugs), markdown.code_list(slugs)) for build, slugs in builds.items()]
+        parts += [markdown.table(("build", "tenants", "which"), by_build), ""]
+    attention = [(slug, s) for slug, s in seen.items() if s.state in FAILING or s.state in (QUARANTINED, SUPERSEDED)]
     if attention:
         parts += ["### Needs attention", ""]
         table = markdown.table(
             ("tenant", "verdict", "reason"), [(f"`{slug}`", s.state, md(s.reason or "")) for slug, s in attention]
         )
         parts += [table, ""]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for slug, step in (steps or {}).items():
+        if step:
+            groups[step].append(slug)
+    if groups:
+        parts += ["### Next steps", ""]
+        parts += [f"- {md(step)}: {markdown.code_list(slugs)}" for step, slugs in groups.items()]
+        parts.append("")
     verified = [slug for slug, s in seen.items() if s.state == VERIFIED]
     if verified:
         parts.append(markdown.fold(f"Verified ({len(verified)})", markdown.code_list(verified), len(verified)))

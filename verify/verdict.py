@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fleet import contract
 from fleet.contract import ContractError
+from fleet.forge import same_commit
 from fleet.tenant import Reply, health_problem
 
 VERIFIED = "verified"
@@ -13,8 +14,11 @@ QUARANTINED = "quarantined"
 STALE = "stale"
 UNHEALTHY = "unhealthy"
 UNREACHABLE = "unreachable"
-STATES = (VERIFIED, QUARANTINED, STALE, UNHEALTHY, UNREACHABLE)
+SUPERSEDED = "superseded"  # serves the deployed branch's current head, newer than the expected build
+STATES = (VERIFIED, QUARANTINED, STALE, UNHEALTHY, UNREACHABLE, SUPERSEDED)
 FAILING = (STALE, UNHEALTHY, UNREACHABLE)
+PASSING = frozenset({VERIFIED, SUPERSEDED})  # a tenant in one of these is done: not polled again
+ANSWERED = frozenset(set(STATES) - {UNREACHABLE})  # a survey is done with a tenant once it answered
 
 
 @dataclass(frozen=True)
@@ -37,25 +41,58 @@ def classify_health(health: Reply) -> Seen | None:
     return Seen(*problem) if problem else None
 
 
-def classify(health: Reply, build: Reply, expected_sha: str) -> Seen:
-    """healthz 2xx and buildinfo on target: verified; else stale, unhealthy or unreachable, with why."""
+def classify(health: Reply, build: Reply, expected_sha: str, head: str | None = None) -> Seen:
+    """healthz 2xx and buildinfo on target: verified; on the branch's newer `head`: superseded; else
+    stale, unhealthy or unreachable, with why. The build is kept whenever buildinfo told it, so a
+    survey can say what an unhealthy tenant runs."""
+    sha, problem = _build(build)
     settled = classify_health(health)
     if settled:
-        return settled
+        return Seen(settled.state, settled.reason, sha)
+    if problem:
+        return problem
+    assert sha is not None
+    if sha.startswith(expected_sha.lower()):
+        return Seen(VERIFIED, None, sha)
+    return stale_or_superseded(sha, expected_sha, head)
+
+
+def _build(build: Reply) -> tuple[str | None, Seen | None]:
+    """The git_sha buildinfo reports, or the verdict its answer settles (unreachable, unhealthy)."""
     if build.error:
-        return Seen(UNREACHABLE, f"buildinfo: {build.error}")
+        return None, Seen(UNREACHABLE, f"buildinfo: {build.error}")
     if build.status != 200:
-        return Seen(UNHEALTHY, f"buildinfo answered HTTP {build.status}")
+        return None, Seen(UNHEALTHY, f"buildinfo answered HTTP {build.status}")
     if build.oversize:
-        return Seen(UNHEALTHY, "buildinfo body too large")
+        return None, Seen(UNHEALTHY, "buildinfo body too large")
     try:
         info = contract.validate("buildinfo", contract.parse_json(build.body, "buildinfo"), "buildinfo rejected")
     except ContractError as exc:
-        return Seen(UNHEALTHY, str(exc))
-    sha = info["git_sha"].lower()
-    if sha.startswith(expected_sha.lower()):
-        return Seen(VERIFIED, None, sha)
+        return None, Seen(UNHEALTHY, str(exc))
+    return info["git_sha"].lower(), None
+
+
+def stale_or_superseded(sha: str, expected_sha: str, head: str | None) -> Seen:
+    """A healthy tenant off the expected build: superseded when it serves exactly the branch's head (the
+    fleet is ahead, not behind), stale otherwise. Without a head, never excused."""
+    if head and not same_commit(head, expected_sha) and same_commit(sha, head):
+        return Seen(SUPERSEDED, f"serves the branch's newer head {sha[:12]}, expected {expected_sha[:12]}", sha)
     return Seen(STALE, f"serves build {sha[:12]}, expected {expected_sha[:12]}", sha)
+
+
+def next_step(seen: Seen, rollout_outcome: str | None = None) -> str | None:
+    """What to do about a tenant, from its verdict and (in a survey) what the rollout did to it."""
+    if seen.state in PASSING:
+        return None
+    if seen.state == QUARANTINED or rollout_outcome in ("straggler", "unknown"):
+        return "recover it: redeploy it strictly (slugs, max-stragglers 0) once its fault is fixed"
+    if rollout_outcome == "not-attempted":
+        return "roll forward: the rollout never reached it; run it again for these tenants (slugs) once fixed"
+    if seen.state == STALE:
+        return "investigate: healthy but on another build; then redeploy it (slugs)"
+    if seen.state == UNHEALTHY:
+        return "investigate: check its health endpoint and logs; then redeploy it (slugs)"
+    return "investigate: check that it runs and is reachable (DNS, network, TLS)"
 
 
 def counts(seen: dict[str, Seen]) -> dict[str, int]:

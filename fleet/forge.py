@@ -1,0 +1,120 @@
+"""The forge's API (GitHub or Gitea), for two reads: the head of the branch being deployed, and a
+repository Actions variable (the kill switch). Each read has one short deadline and no retry: a read
+that fails says why, and the caller decides (not superseded; the switch fails closed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+
+from fleet import contract, http, runner
+from fleet.contract import ContractError
+from fleet.tenant import default_ca
+
+READ_SECONDS = 5.0
+MAX_BODY = 256 * 1024
+USER_AGENT = "fleet-rollout/0.2 (forge)"
+
+# What a kill switch (a variable or PROD_AUTO_DEPLOY_DISABLED) reads as "on".
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "disable", "disabled"})
+
+
+def switched_on(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in TRUE_WORDS
+
+
+def same_commit(a: str, b: str) -> bool:
+    """Two shas name the same commit when they agree, case-insensitively, over the shorter length."""
+    n = min(len(a), len(b))
+    return n >= 7 and a[:n].lower() == b[:n].lower()
+
+
+class ForgeError(Exception):
+    """A read that did not give an answer; the message is one line that names why."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """What the runner says about the run: the repository and the branch being deployed."""
+
+    repository: str  # owner/name
+    branch: str  # "" when the ref is not a branch (a tag, a pull request)
+
+    @classmethod
+    def from_environment(cls, environ: Any) -> Where:
+        ref_type = environ.get("GITHUB_REF_TYPE", "")
+        ref = environ.get("GITHUB_REF", "")
+        is_branch = ref_type == "branch" or (not ref_type and (not ref or ref.startswith("refs/heads/")))
+        return cls(environ.get("GITHUB_REPOSITORY", ""), environ.get("GITHUB_REF_NAME", "") if is_branch else "")
+
+
+class Forge:
+    def __init__(self, api_url: str, token: str, *, allow_http: bool, ca_bundle: str | None) -> None:
+        self.api_url = http.check_url(api_url, "api-url", allow_http) if api_url else ""
+        runner.register_secret(token)
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._pool = http.bounded(
+            urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=default_ca(ca_bundle), retries=False)
+        )
+
+    def branch_head(self, where: Where) -> str:
+        """The sha the branch points at: GitHub answers commit.sha, Gitea commit.id."""
+        if not where.branch:
+            raise ForgeError("the run's ref is not a branch")
+        doc = self._read(f"/repos/{self._repo(where)}/branches/{quote(where.branch, safe='')}", "the branch head")
+        commit = doc.get("commit") if isinstance(doc, dict) else None
+        sha = commit.get("sha") or commit.get("id") if isinstance(commit, dict) else None
+        if not isinstance(sha, str) or not sha or not all(c in "0123456789abcdefABCDEF" for c in sha):
+            raise ForgeError("the branch answer has no commit sha (commit.sha or commit.id)")
+        return sha.lower()
+
+    def variable(self, where: Where, name: str) -> str | None:
+        """A repository Actions variable's value (GitHub: value, Gitea: data); None when it is unset (404)."""
+        path = f"/repos/{self._repo(where)}/actions/variables/{quote(name, safe='')}"
+        doc = self._read(path, f"the variable {name}", missing_ok=True)
+        if doc is None:
+            return None
+        value = doc.get("value", doc.get("data")) if isinstance(doc, dict) else None
+        if not isinstance(value, str):
+            raise ForgeError(f"the variable {name}'s answer has no value (value or data)")
+        return value
+
+    def _repo(self, where: Where) -> str:
+        owner, _, name = where.repository.partition("/")
+        if not owner or not name:
+            raise ForgeError("GITHUB_REPOSITORY is not set (owner/name)")
+        return f"{quote(owner, safe='')}/{quote(name, safe='')}"
+
+    def _read(self, path: str, what: str, missing_ok: bool = False) -> Any:
+        if not self.api_url:
+            raise ForgeError("api-url is empty")
+        deadline = time.monotonic() + READ_SECONDS
+        try:
+            with http.answer_by(deadline):
+                resp = self._pool.request(
+                    "GET",
+                    self.api_url + path,
+                    headers=self._headers,
+                    redirect=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(connect=READ_SECONDS, read=READ_SECONDS),
+                )
+                body = http.read_body(resp, deadline, MAX_BODY)
+        except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
+            raise ForgeError(f"reading {what} failed: {http.describe(exc)}") from None
+        if resp.status == 404 and missing_ok:
+            return None
+        if resp.status != 200:
+            hint = " (the api-token lacks permission)" if resp.status in (401, 403) else ""
+            raise ForgeError(f"reading {what} answered HTTP {resp.status}{hint}")
+        try:
+            return contract.parse_json(body, what)
+        except ContractError as exc:
+            raise ForgeError(runner.scrub(str(exc))) from None
