@@ -96,7 +96,7 @@ class _Bearer(requests.auth.AuthBase):
     def __init__(self, token: str) -> None:
         self.token = token
 
-    def __call__(self, request):
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.token}"
         return request
 

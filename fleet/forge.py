@@ -118,3 +118,24 @@ class Forge:
             return contract.parse_json(body, what)
         except ContractError as exc:
             raise ForgeError(runner.scrub(str(exc))) from None
+
+
+def read_head(forge: Forge | None, where: Where, expected_sha: str | None, why: str) -> str | None:
+    """The deployed branch's head, or None with a ::notice:: saying why it cannot be had: then nothing
+    is superseded, and nothing is excused on a guess."""
+    try:
+        if not expected_sha:
+            raise ForgeError("no expected-sha to compare with")
+        if forge is None:
+            raise ForgeError("api-url is empty")
+        return forge.branch_head(where)
+    except ForgeError as exc:
+        runner.notice(f"{why}: the branch head could not be read ({runner.plain(exc)}); nothing is superseded")
+        return None
+
+
+def forge_for(api_url: str, api_token: str, *, allow_http: bool, ca_bundle: str | None) -> Forge | None:
+    """A client for the forge's API, or None when there is no API to read."""
+    if not api_url:
+        return None
+    return Forge(http.check_url(api_url, "api-url", allow_http), api_token, allow_http=allow_http, ca_bundle=ca_bundle)

@@ -4,9 +4,13 @@ and how a body is read within a deadline and a size cap."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import io
 import ipaddress
+import os
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+from urllib3.util.ssl_match_hostname import CertificateError as _HostnameMismatch
 
 from fleet.contract import ContractError, show
 
@@ -29,37 +34,100 @@ class BodyTooLarge(BodyError):
     """The body passed the size cap; the status line is still good."""
 
 
-# Needles in an exception's type and text, and the short cause each stands for; first match wins.
-_CAUSES = (
-    ("timeout", "timed out"),
-    ("timed out", "timed out"),
-    ("refused", "connection refused"),
-    ("nameresolution", "host name not found"),
-    ("name or service", "host name not found"),
-    ("nodename nor servname", "host name not found"),
-    ("temporary failure in name resolution", "host name not found"),
-    ("certificate", "TLS certificate verification failed"),
-    ("ssl", "TLS handshake failed"),
-    ("reset", "connection reset"),
-    ("remote end closed", "connection closed without an answer"),
-    ("remotedisconnected", "connection closed without an answer"),
-    ("incomplete", "answer truncated"),
-    ("aborted", "connection aborted"),
-    ("protocol", "connection broken"),
+# The short cause an exception stands for, by its class, checked in this order: several of these
+# classes subclass others (RemoteDisconnected is a ConnectionResetError; TimeoutError, ssl.SSLError and
+# socket.gaierror are OSErrors; urllib3's IncompleteRead and InvalidChunkLength are http.client's
+# IncompleteRead). urllib3's NewConnectionError (a ConnectTimeoutError) is left to what it wraps.
+_CAUSES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((urllib3.exceptions.NameResolutionError, socket.gaierror), "host name not found"),
+    ((urllib3.exceptions.TimeoutError, TimeoutError), "timed out"),  # socket.timeout is TimeoutError
+    ((ssl.SSLCertVerificationError, _HostnameMismatch), "TLS certificate verification failed"),
+    ((ssl.SSLError,), "TLS handshake failed"),
+    ((http.client.RemoteDisconnected,), "connection closed without an answer"),
+    ((http.client.IncompleteRead,), "answer truncated"),
+    ((ConnectionRefusedError,), "connection refused"),
+    ((ConnectionResetError,), "connection reset"),
+    ((ConnectionAbortedError,), "connection aborted"),
+    ((BrokenPipeError,), "connection broken"),
+)
+
+# Other socket errors a connect can end with, by errno.
+_ERRNO_CAUSES = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETDOWN: "network down",
+    errno.EHOSTDOWN: "host down",
+    errno.EADDRNOTAVAIL: "address not available",
+    errno.EACCES: "connection not permitted",
+    errno.EPERM: "connection not permitted",
+}
+
+# Wrappers whose own class says less than what they wrap: the cause used only when nothing under them
+# has a class above.
+_WRAPPER_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (urllib3.exceptions.NewConnectionError, "connection failed"),
+    (urllib3.exceptions.SSLError, "TLS handshake failed"),
+    (urllib3.exceptions.ProtocolError, "connection broken"),
 )
 
 
-def describe(exc: BaseException) -> str:
-    """A short cause for a failed request, without URLs or headers."""
+def _cause(exc: BaseException) -> str | None:
     if isinstance(exc, BodyError):
         return str(exc)
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        exc = exc.reason
-    text = f"{type(exc).__name__} {exc}".lower()
-    for needle, words in _CAUSES:
-        if needle in text:
-            return words
-    return type(exc).__name__
+    if isinstance(exc, urllib3.exceptions.NewConnectionError) and not isinstance(
+        exc, urllib3.exceptions.NameResolutionError
+    ):
+        return None  # the OSError it was raised from says why
+    for classes, cause in _CAUSES:
+        if isinstance(exc, classes):
+            return cause
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return _ERRNO_CAUSES.get(exc.errno) or os.strerror(exc.errno).lower()
+    return None
+
+
+def _links(exc: BaseException) -> list[BaseException]:
+    """What `exc` wraps, nearest first: MaxRetryError's reason, exceptions among its args (ProtocolError,
+    urllib3's SSLError, requests' wrappers), its __cause__, then its __context__ unless suppressed."""
+    links = [getattr(exc, "reason", None), *exc.args, exc.__cause__]
+    if not exc.__suppress_context__:
+        links.append(exc.__context__)
+    return [link for link in links if isinstance(link, BaseException)]
+
+
+def _walk(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it wraps, depth first, each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < 64:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(reversed(_links(current)))
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return exc.reason is not None
+    return len(exc.args) == 1 and isinstance(exc.args[0], BaseException)
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause for a failed request, without URLs or headers: by the class of the exception or of
+    one it wraps (the outermost that says), never by its text. Failing that, the class's name."""
+    chain = list(_walk(exc))
+    for link in chain:
+        cause = _cause(link)
+        if cause is not None:
+            return cause
+    for link in chain:
+        for cls, cause in _WRAPPER_CAUSES:
+            if isinstance(link, cls):
+                return cause
+    named = next((link for link in chain if not _is_wrapper(link)), exc)
+    return type(named).__name__
 
 
 def is_loopback(host: str) -> bool:
@@ -102,16 +170,29 @@ def answer_by(deadline: float) -> Iterator[None]:
         _answer.deadline = previous
 
 
+# The deadline reader relies on these urllib3 2.x / http.client internals (urllib3 is pinned >=2,<3;
+# tests/test_http.py fails if any of them moves):
+# - urllib3.PoolManager builds its pools from the instance attribute `pool_classes_by_scheme`
+#   (`bounded` replaces it), and HTTP(S)ConnectionPool builds connections from the class attribute
+#   `ConnectionCls`;
+# - urllib3.connection.HTTPConnection.getresponse() calls http.client.HTTPConnection.getresponse(),
+#   which makes the response as `self.response_class(self.sock, method=...)`;
+# - http.client.HTTPResponse.__init__(sock, ...) touches the socket only through `sock.makefile("rb")`,
+#   and reads the status line, headers and body only through that file;
+# - the connection's socket (socket.socket or ssl.SSLSocket) has `makefile("rb", buffering=0)` (a raw
+#   reader with readinto) and `settimeout`, and its timeout (socket.timeout, i.e. TimeoutError) is what
+#   urllib3 turns into ReadTimeoutError;
+# - read_body reads with urllib3.response.HTTPResponse.read1(amt, decode_content=...), new in urllib3 2.
 class _DeadlineReader(io.RawIOBase):
     """A socket's reader that gives each read only the time left before the deadline."""
 
-    def __init__(self, raw, sock, deadline: float) -> None:
+    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
         self._raw, self._sock, self._deadline = raw, sock, deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the answer did not arrive before the deadline")
@@ -127,15 +208,15 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineSocket:
     """What http.client's response asks of its socket (a reader), with the deadline applied."""
 
-    def __init__(self, sock, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
         self._sock, self._deadline = sock, deadline
 
-    def makefile(self, mode: str = "rb", *args, **kwargs):
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
         return io.BufferedReader(_DeadlineReader(self._sock.makefile("rb", buffering=0), self._sock, self._deadline))
 
 
 class _DeadlineResponse(http.client.HTTPResponse):
-    def __init__(self, sock, *args, **kwargs) -> None:
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         deadline = getattr(_answer, "deadline", None)
         # http.client only calls makefile() on what it is given, which _DeadlineSocket provides.
         wrapped: Any = sock if deadline is None else _DeadlineSocket(sock, deadline)
@@ -164,7 +245,7 @@ def bounded(manager: urllib3.PoolManager) -> urllib3.PoolManager:
     return manager
 
 
-def read_body(response, deadline: float, cap: int) -> bytes:
+def read_body(response: Any, deadline: float, cap: int) -> bytes:
     """Read a urllib3 response (preload_content=False) whole, by `deadline` (monotonic) and within
     `cap` bytes. The response comes from a `bounded` pool under `answer_by`, so each read waits only
     for the time left: a server that drips a byte at a time still hits the deadline."""

@@ -9,25 +9,38 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fleet import runner
+from fleet import http, runner
 from fleet.contract import ContractError, show
+from fleet.tenant import TenantAccess
 
 ENV_PREFIX = "GHA_FLEET_"
 
 
 @dataclass(frozen=True)
 class Input:
+    """One input: its flag and GHA_FLEET_* variable (`flag`), its default on the command line, and
+    its default in action.yml (`action`: None when it is no action input, "required" when required)."""
+
     name: str
     default: str
     help: str
+    action: str | None = ""
+    flag: bool = True  # False: a token, read from the environment only
 
+    @property
+    def action_default(self) -> str | None:
+        return self.default if self.action == "" else self.action
+
+
+REQUIRED = "required"
 
 INPUTS: dict[str, Input] = {
     i.name: i
     for i in (
-        Input("cp-url", "", "control-plane base URL"),
-        Input("target-tag", "", "image tag every tenant in scope moves to"),
-        Input("expected-sha", "", "build (git sha, >= 7 hex digits) that buildinfo must report"),
+        Input("cp-url", "", "control-plane base URL", REQUIRED),
+        Input("cp-token", "", "control-plane admin token (the environment variable CP_TOKEN)", REQUIRED, flag=False),
+        Input("target-tag", "", "image tag every tenant in scope moves to", REQUIRED),
+        Input("expected-sha", "", "build (git sha, >= 7 hex digits) that buildinfo must report", "${{ github.sha }}"),
         Input("tenant-url-template", "", "tenant base URL with {slug}; empty skips verify"),
         Input("canary-slug", "", "canary tenant, deployed and soaked first; a failed canary always fails"),
         Input("soak-seconds", "60", "how long the canary is watched before the rest move"),
@@ -36,7 +49,7 @@ INPUTS: dict[str, Input] = {
             "max-stragglers",
             "",
             "tolerated stragglers for the whole rollout: an integer or a percentage of the scope (2%%, 2.5%%), "
-            "rounded down; empty: PROD_AUTO_DEPLOY_MAX_STRAGGLERS, else 0 on the command line (1 in the action)",
+            "rounded down; empty: PROD_AUTO_DEPLOY_MAX_STRAGGLERS if set, else 1",
         ),
         Input("mode", "scoped", "scoped: one call per canary and batch; fleet: one call, the control plane drives"),
         Input("slugs", "", "limit to these tenants (comma or newline separated)"),
@@ -44,10 +57,15 @@ INPUTS: dict[str, Input] = {
         Input("verify-timeout-seconds", "300", "verify deadline"),
         Input("poll-interval-seconds", "5", "seconds between polls of one tenant"),
         Input("concurrency", "32", "tenants polled at once"),
-        Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
         Input("healthz-path", "/healthz", "the tenant's health path (the real tenants serve /health)"),
         Input("buildinfo-path", "/buildinfo", "the tenant's build path"),
-        Input("api-url", "", "the forge's API (GitHub: https://api.github.com, Gitea: https://host/api/v1)"),
+        Input(
+            "api-url",
+            "",
+            "the forge's API (GitHub: https://api.github.com, Gitea: https://host/api/v1)",
+            "${{ github.api_url }}",
+        ),
+        Input("api-token", "", "the forge's token (the environment variable API_TOKEN)", "${{ github.token }}", False),
         Input(
             "superseded-check",
             "true",
@@ -58,34 +76,49 @@ INPUTS: dict[str, Input] = {
             "",
             "a repository Actions variable re-read before every real call; true halts the rollout",
         ),
-        Input("verify", "false", "after the rollout, verify its tenants in the same run (the recovery command's way)"),
-        Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), when no report exists"),
-        Input("report", "", "path of the JSON report"),
+        Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
+        Input("allow-http", "false", "allow plain http:// to hosts other than loopback"),
+        Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
+        # The command line's own.
+        Input("report", "", "path of the JSON report", None),
+        Input("verify", "false", "after the rollout, verify its tenants in the same run (the recovery command)", None),
+        Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), with --slugs", None),
         Input(
             "response",
             "",
             "a redeploy-fleet answer, or a deploy script's aggregate of several: its rows' slugs are the tenants "
             "to verify, its stragglers (absent: none) are quarantined",
+            None,
         ),
-        Input("allow-http", "false", "allow plain http:// to hosts other than loopback"),
-        Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
     )
 }
 
 
 @dataclass(frozen=True)
 class StepInputs:
-    from_env: bool  # run by action.yml
+    from_env: bool  # run by action.yml: its inputs arrive as GHA_FLEET_* variables
     values: dict[str, str]
     token: str
     api_token: str  # the forge's, from API_TOKEN
 
+    def check_token(self) -> str:
+        """The control-plane token, or an error naming where it comes from: the cp-token input in the
+        action, CP_TOKEN on the command line."""
+        where = "the cp-token input" if self.from_env else "CP_TOKEN"
+        if not self.token:
+            raise ContractError(f"{where} is required: the control-plane token")
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in self.token):
+            raise ContractError(
+                f"{where} holds whitespace or control characters inside it; it cannot be sent as a header"
+            )
+        return self.token
+
 
 def read(prog: str, description: str, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
-    """A step's inputs from its flags (or the action's variables) and the token from CP_TOKEN, which
-    is registered for masking and scrubbing before anything is printed."""
-    args = parser(prog, description, names).parse_args(argv)
+    """A step's inputs from its flags (or the action's variables) and the tokens from CP_TOKEN and
+    API_TOKEN, registered for masking and scrubbing before anything is printed: the one place they are."""
     token, api_token = (_secret(os.environ.get(name, "")) for name in ("CP_TOKEN", "API_TOKEN"))
+    args = parser(prog, description, names).parse_args(argv)
     return StepInputs(args.from_env, gather(args, names), token, api_token)
 
 
@@ -94,14 +127,6 @@ def _secret(raw: str) -> str:
     # A pasted secret often ends in a newline; the token is what lies between the blanks.
     token = raw.strip()
     runner.register_secret(token)
-    return token
-
-
-def check_token(token: str) -> str:
-    if not token:
-        raise ContractError("CP_TOKEN is not set: the control-plane token is read from the environment")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token):
-        raise ContractError("CP_TOKEN holds whitespace or control characters inside it; it cannot be sent as a header")
     return token
 
 
@@ -159,19 +184,6 @@ def integer(name: str, text: str, minimum: int = 0, maximum: int | None = None) 
     return int(text)
 
 
-MAX_CONCURRENCY = 512  # two threads per tenant polled at once
-
-
-def verify_limits(values: Mapping[str, str]) -> tuple[float, float, int]:
-    """verify-timeout-seconds, poll-interval-seconds and concurrency, checked (the rollout checks them
-    too, so a typo fails before the fleet moves)."""
-    return (
-        seconds("verify-timeout-seconds", values["verify-timeout-seconds"]),
-        seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
-        integer("concurrency", values["concurrency"], minimum=1, maximum=MAX_CONCURRENCY),
-    )
-
-
 def seconds(name: str, text: str, minimum: float = 0.0) -> float:
     if not re.fullmatch(r"\d{1,7}(\.\d{1,3})?", text) or float(text) < minimum:
         raise ContractError(f"{name} must be a number of seconds >= {minimum:g}: got {show(text)}")
@@ -217,6 +229,28 @@ def tenant_path(name: str, text: str) -> str:
         raise ContractError(
             f"{name} must be an absolute path like /healthz (no '..', query or fragment): got {show(text)}"
         )
+    return text
+
+
+def tenant_access(values: Mapping[str, str]) -> TenantAccess | None:
+    """How tenants are reached, every part checked once; None when no template is given."""
+    allow_http = boolean("allow-http", values["allow-http"])
+    access = TenantAccess(
+        template=tenant_template(values["tenant-url-template"]),
+        healthz_path=tenant_path("healthz-path", values["healthz-path"]),
+        buildinfo_path=tenant_path("buildinfo-path", values["buildinfo-path"]),
+        allow_http=allow_http,
+        ca_bundle=ca_bundle(values["ca-bundle"]),
+    )
+    if not access.template:
+        return None
+    http.check_url(access.template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
+    return access
+
+
+def required(name: str, text: str) -> str:
+    if not text:
+        raise ContractError(f"{name} is required")
     return text
 
 

@@ -13,6 +13,7 @@ import secrets as _secrets
 import signal
 import sys
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 # Exit codes of both steps.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
@@ -47,7 +48,7 @@ def register_secret(value: str) -> None:
     _SECRETS.sort(key=len, reverse=True)
 
 
-def scrub_values(value):
+def scrub_values(value: Any) -> Any:
     """A JSON-like structure with every string scrubbed (keys included); the structure stays valid."""
     if isinstance(value, str):
         return scrub(value)
@@ -94,25 +95,63 @@ def _escape_data(text: str) -> str:
 
 
 def _write(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` went away: the step goes on, quietly
+        stop_writing()
+
+
+def stop_writing() -> None:
+    """Send what is left of the output to /dev/null, so a closed pipe ends nothing but the output."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def console(text: str) -> str:
+    """Text as a person reads it outside a runner: the escapes that keep a runner safe undone."""
+    return text.replace(":\\:", "::").replace("#\\#[", "##[")
+
+
+_DETAILS = re.compile(r"<details><summary>(.*?)</summary>")
+_MD_ESCAPED = re.compile(r"\\([\\`*_\[\]|~])")
+
+
+def console_markdown(markdown: str) -> str:
+    """A summary as plain text for a terminal: no Markdown escapes, no HTML."""
+    lines = []
+    for line in markdown.splitlines():
+        if line.strip() == "</details>":
+            continue
+        line = _DETAILS.sub(r"\1:", line)
+        line = _MD_ESCAPED.sub(r"\1", line).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        lines.append(console(line))
+    return "\n".join(lines)
 
 
 def log(line: str) -> None:
     """A line the code composed itself; parts from outside must already have passed `plain`."""
-    _write(scrub(line))
+    line = scrub(line)
+    _write(line if under_runner() else console(line))
+
+
+def _command(name: str, message: str) -> None:
+    message = scrub(message)
+    _write(f"::{name}::{_escape_data(message) if under_runner() else console(message)}")
 
 
 def notice(message: str) -> None:
-    _write(f"::notice::{_escape_data(scrub(message))}")
+    _command("notice", message)
 
 
 def warning(message: str) -> None:
-    _write(f"::warning::{_escape_data(scrub(message))}")
+    _command("warning", message)
 
 
 def error(message: str) -> None:
-    _write(f"::error::{_escape_data(scrub(message))}")
+    _command("error", message)
 
 
 def set_outputs(outputs: Mapping[str, str]) -> None:
@@ -136,7 +175,7 @@ def write_summary(markdown: str) -> None:
     """Print the summary to the log (Gitea 1.22 and act do not show summaries) and append it to
     GITHUB_STEP_SUMMARY. A summary that cannot be written is a warning, never a changed verdict."""
     markdown = scrub(markdown)
-    for line in markdown.splitlines():
+    for line in (markdown if under_runner() else console_markdown(markdown)).splitlines():
         _write(line)
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:

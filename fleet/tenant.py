@@ -11,6 +11,7 @@ import certifi
 import urllib3
 
 from fleet import http
+from fleet.vocabulary import State
 
 REQUEST_SECONDS = 10.0
 CONNECT_SECONDS = 5.0
@@ -33,17 +34,38 @@ def default_ca(ca_bundle: str | None) -> str:
     return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
 
 
-def health_problem(reply: Reply) -> tuple[str, str] | None:
-    """What is wrong with a healthz reply, as (verdict, reason): no answer is unreachable, an answer
+def health_problem(reply: Reply) -> tuple[State, str] | None:
+    """What is wrong with a healthz reply, as (state, reason): no answer is unreachable, an answer
     that is not 2xx (a redirect included: it is never followed) is unhealthy. None when healthy."""
     if reply.error:
-        return "unreachable", f"healthz: {reply.error}"
+        return State.UNREACHABLE, f"healthz: {reply.error}"
     status = reply.status or 0
     if not 200 <= status < 300:
-        return "unhealthy", f"healthz answered HTTP {status}" + (
+        return State.UNHEALTHY, f"healthz answered HTTP {status}" + (
             " (redirect, not followed)" if 300 <= status < 400 else ""
         )
     return None
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    """How the tenants are reached: the URL template, their health and build paths, and TLS rules."""
+
+    template: str
+    healthz_path: str
+    buildinfo_path: str
+    allow_http: bool
+    ca_bundle: str | None
+
+    def client(self, concurrency: int = 32) -> Tenants:
+        return Tenants(
+            self.template,
+            allow_http=self.allow_http,
+            ca_bundle=self.ca_bundle,
+            concurrency=concurrency,
+            healthz_path=self.healthz_path,
+            buildinfo_path=self.buildinfo_path,
+        )
 
 
 class Tenants:

@@ -7,13 +7,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from fleet import inputs, report, runner
-from fleet.contract import ContractError
-from fleet.cp import ControlPlane, CPError
-from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TERMINATED
+from fleet import report, runner, step
+from fleet.cp import ControlPlane
+from fleet.inputs import StepInputs
+from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED
+from fleet.vocabulary import Outcome, RolloutVerdict, counted
 from rollout import drive, gate, summary
-from rollout.coverage import STRAGGLER
 from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
 from verify import cli as verify_cli
 
@@ -24,145 +25,157 @@ NAMES = (
     "api-url", "superseded-check", "kill-switch-variable", "verify",
 )  # fmt: skip
 
+# What verify's own flags are, when the rollout runs it in the same process (the recovery command).
+VERIFY_NAMES = (
+    "expected-sha", "tenant-url-template", "verify-timeout-seconds", "poll-interval-seconds", "concurrency",
+    "allow-http", "ca-bundle", "healthz-path", "buildinfo-path", "api-url", "superseded-check",
+)  # fmt: skip
 
-def main(argv: Sequence[str] | None = None) -> int:
-    step = inputs.read(
-        "python -m rollout",
+
+class Rollout(step.Step):
+    prog = "python -m rollout"
+    description = (
         "Roll a build out across the fleet through the control plane: the canary first, then batches, "
-        "quarantining up to max-stragglers tenants that fail.",
-        NAMES,
-        argv,
+        "quarantining up to max-stragglers tenants that fail."
     )
-    values, token = step.values, step.token
-    report_path = values["report"] or report.default_path()
-    started = report.now()
+    names = NAMES
 
-    settings: Settings | None = None
-    plan: Plan | None = None
-    result: drive.Result | None = None
-    cp: ControlPlane | None = None
-    failure: str | None = None
-    halted: gate.Stop | None = None
-    code = EXIT_FAILED
-    try:
-        with runner.sigterm_stops():
-            # The action's fallback is 1; a caller that gives nothing at all on the command line gets 0.
-            settings = settings_from(values, os.environ, 1 if step.from_env else 0, verify_follows=step.from_env)
-            inputs.check_token(token)
+    def __init__(self) -> None:
+        self.started = report.now()
+        self.settings: Settings | None = None
+        self.plan: Plan | None = None
+        self.cp: ControlPlane | None = None
+        self.result: drive.Result | None = None
+        self.halted: gate.Stop | None = None
+        self.values: dict[str, str] = {}
+        self.report_path = ""
+        self.follows = "false"
+
+    def work(self, given: StepInputs) -> None:
+        settings = self.settings = settings_from(given.values, os.environ)
+        token = given.check_token()
+        try:
             gate.check_environment(os.environ)  # before any call: the switch means nothing at all is sent
-            checks = gate.gate_for(settings, step.api_token, os.environ)
-            cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
-            plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
-            cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
-            _log_plan(settings, plan)
-            result = drive.Result.for_plan(plan)
-            drive.run(settings, plan, cp, drive.healthz_watch(settings), result, checks)
-    except gate.Stop as stop:  # the environment's kill switch: nothing was sent
-        halted, failure = stop, stop.message
-    except ContractError as exc:
-        # Bad input, found before anything was redeployed; after a redeploy it is a failed rollout.
-        failure, code = str(exc), EXIT_FAILED if cp is not None and cp.sent_real_call else EXIT_BAD_INPUT
-    except CPError as exc:
-        failure = str(exc)
-    except runner.Terminated as exc:
-        failure, code = f"rollout {exc}; tenants in the call under way have an unknown outcome", EXIT_TERMINATED
-    except Exception as exc:  # noqa: BLE001 - the report and outputs are still written
-        failure = runner.internal_error(exc)
-    if result is not None and failure:
-        result.fail(failure)
+        except gate.Stop as stop:
+            self.halted = stop
+            return
+        checks = gate.gate_for(settings, given.api_token, os.environ)
+        cp = self.cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
+        plan = self.plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
+        cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
+        _log_plan(settings, plan)
+        try:
+            self.result = drive.run(settings, plan, cp, drive.health_watch(settings), checks)
+        except drive.BrokeOff as broke:
+            self.result = broke.result
+            raise broke.cause from None
 
-    verdict = result.verdict if result and not failure else (halted.verdict if halted else drive.FAILED)
-    message = result.message if result and not failure else (failure or "")
-    ok = result is not None and result.ok and not failure
-    doc = _report(settings, plan, result, cp, ok, verdict, message, started)
-    report.write(report_path, doc)
-    stragglers = doc.get("stragglers", [])
-    follow = _verify_follows(settings, result, cp, ok)
-    runner.set_outputs(
-        {
-            "ok": "true" if ok else "false",
+    def bad_input_code(self) -> int:
+        # An answer that breaks the contract after a real call is a failed rollout, not bad input.
+        return EXIT_FAILED if self.cp is not None and self.cp.sent_real_call else EXIT_BAD_INPUT
+
+    def stopped(self, signal: runner.Terminated) -> str:
+        return f"rollout {signal}; tenants in the call under way have an unknown outcome"
+
+    def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
+        settings, plan, result = self.settings, self.plan, self.result
+        if failure is not None:
+            verdict, message = RolloutVerdict.FAILED, failure.message
+            if result is not None:
+                result.verdict, result.message = verdict, message
+        elif self.halted is not None:
+            verdict, message = self.halted.verdict, self.halted.message
+        else:
+            assert result is not None
+            verdict, message = result.verdict, result.message
+        ok = failure is None and verdict.ok
+        self.values, self.follows = given.values, self.verify_follows(ok)
+        self.report_path = given.values["report"] or report.default_path()
+        doc = self._report(ok, verdict, message)
+        stragglers = doc.get("stragglers", [])
+        warnings = []
+        for tenant in result.tenants.values() if result else []:
+            if tenant.outcome == Outcome.QUARANTINED:
+                warnings.append(f"tenant {tenant.slug} quarantined, needs individual recovery: {tenant.reason}")
+            elif tenant.outcome == Outcome.STRAGGLER:
+                warnings.append(f"tenant {tenant.slug} straggler: {tenant.reason}")
+        return step.Ending(
+            ok=ok,
+            message=message,
+            report_path=self.report_path,
+            report=doc,
+            outputs={
+                "ok": "true" if ok else "false",
+                "superseded": result.superseded if result else "",
+                "stragglers": json.dumps(stragglers),
+                "quarantined-count": str(len(stragglers)),
+                "report-path": self.report_path,
+                # Whether verify follows, and how: the action's condition, decided in one place.
+                "verify": self.follows,
+            },
+            summary=summary.render(verdict, message, settings, plan, result),
+            warnings=[runner.plain(line) for line in warnings],
+        )
+
+    def verify_follows(self, ok: bool) -> str:
+        """`true`: verify the shipped fleet; `survey`: the rollout touched the fleet and then failed, so
+        read every tenant and report who runs which build; `false`: nothing to verify."""
+        settings, result = self.settings, self.result
+        if settings is None or settings.tenants is None or settings.dry_run or result is None:
+            return "false"
+        if ok:
+            return "false" if result.verdict == RolloutVerdict.SUPERSEDED else "true"
+        return "survey" if self.cp is not None and self.cp.sent_real_call else "false"
+
+    def _report(self, ok: bool, verdict: RolloutVerdict, message: str) -> dict[str, Any]:
+        settings, result, cp = self.settings, self.result, self.cp
+        doc: dict[str, Any] = {"schema_version": 1, "ok": ok, "message": message}
+        if settings is not None:
+            doc["plan"] = plan_record(settings, self.plan)
+        doc["calls"] = cp.calls if cp is not None else []
+        if result is not None:
+            doc["tenants"] = [t.record() for t in result.tenants.values()]
+            if result.stragglers():
+                doc["stragglers"] = result.stragglers()
+            if result.outside:
+                doc["outside_scope"] = result.outside
+        doc["rollout"] = {
+            "ok": ok,
+            "verdict": verdict,
+            "message": message,
+            "touched": cp is not None and cp.sent_real_call,
             "superseded": result.superseded if result else "",
-            "stragglers": json.dumps(stragglers),
-            "quarantined-count": str(len(stragglers)),
-            "report-path": report_path,
-            # Whether verify follows, and how: the action's condition, decided in one place.
-            "verify": follow,
+            "started_at": self.started,
+            "finished_at": report.now(),
         }
-    )
-    _announce(result, ok, message)
-    runner.write_summary(summary.render(verdict, message, settings, plan, result))
-    runner.log(f"report: {runner.plain(report_path)}")
-    code = EXIT_OK if ok else code
-    if settings is not None and settings.verify_after and follow != "false":
-        checked = verify_cli.main(_verify_argv(values, report_path))
-        return code or checked
-    return code
-
-
-def _verify_follows(settings: Settings | None, result: drive.Result | None, cp: ControlPlane | None, ok: bool) -> str:
-    """ "true": verify the shipped fleet; "survey": the rollout touched the fleet and then failed, so
-    read every tenant and report who runs which build; "false": nothing to verify."""
-    if settings is None or not settings.tenant_url_template or settings.dry_run or result is None:
-        return "false"
-    if ok:
-        return "false" if result.verdict == drive.SUPERSEDED else "true"
-    return "survey" if cp is not None and cp.sent_real_call else "false"
-
-
-def _verify_argv(values: dict[str, str], report_path: str) -> list[str]:
-    """The verify step's flags, from the rollout's own inputs: it reads the scope from the report."""
-    names = (
-        "expected-sha", "tenant-url-template", "verify-timeout-seconds", "poll-interval-seconds", "concurrency",
-        "allow-http", "ca-bundle", "healthz-path", "buildinfo-path", "api-url", "superseded-check",
-    )  # fmt: skip
-    return ["--report", report_path] + [arg for name in names for arg in (f"--{name}", values[name])]
+        return doc
 
 
 def _log_plan(settings: Settings, plan: Plan) -> None:
     b = settings.budget
     runner.log(
-        f"plan: {settings.mode} rollout of {settings.target_tag} to {len(plan.scope)} of {plan.fleet_size} tenants; "
-        f"canary {plan.canary or 'none'}; {len(plan.batches)} batches of up to {settings.batch_size}; "
-        f"straggler budget {plan.budget} (from {b.source} {b.text!r}); deadline {run_seconds(settings, plan):g} s"
-        + ("; dry run" if settings.dry_run else "")
+        f"plan: {settings.mode} rollout of {settings.target_tag} to {len(plan.scope)} of "
+        f"{counted(plan.fleet_size, 'tenant')}; canary {plan.canary or 'none'}; "
+        f"{counted(len(plan.batches), 'batch')} of up to {settings.batch_size}; "
+        f"straggler budget {plan.budget} (from {b.source} {b.text!r})" + ("; dry run" if settings.dry_run else "")
+    )
+    runner.log(
+        f"plan: every call may take up to {settings.cp_timeout:g} s (cp-timeout-seconds), so the rollout ends by "
+        f"{run_seconds(settings, plan):g} s at the latest"
     )
     for note in plan.notes:
         runner.log(f"note: {runner.plain(note)}")
 
 
-def _announce(result: drive.Result | None, ok: bool, message: str) -> None:
-    if result is not None:
-        for outcome in result.outcomes.values():
-            if outcome.outcome == STRAGGLER:
-                state = "quarantined, needs individual recovery" if ok else "straggler"
-                runner.warning(f"tenant {outcome.slug} {state}: {runner.plain(outcome.reason or '')}")
-    if ok:
-        runner.log(runner.plain(message))
-    else:
-        runner.error(runner.plain(message))
-
-
-def _report(settings, plan, result, cp, ok, verdict, message, started) -> dict:
-    doc: dict = {"schema_version": 1, "ok": ok, "message": message}
-    if settings is not None:
-        doc["plan"] = plan_record(settings, plan)
-    doc["calls"] = cp.calls if cp is not None else []
-    if result is not None:
-        doc["tenants"] = [o.record() for o in result.outcomes.values()]
-        if result.stragglers():
-            doc["stragglers"] = result.stragglers()
-        if result.outside:
-            doc["outside_scope"] = result.outside
-    doc["rollout"] = {
-        "ok": ok,
-        "verdict": verdict,
-        "message": message,
-        "touched": cp is not None and cp.sent_real_call,
-        "superseded": result.superseded if result else "",
-        "started_at": started,
-        "finished_at": report.now(),
-    }
-    return doc
+def main(argv: Sequence[str] | None = None) -> int:
+    rollout = Rollout()
+    code = step.run(rollout, argv)
+    if rollout.settings is not None and rollout.settings.verify_after and rollout.follows != "false":
+        # The recovery command: verify the tenants just redeployed, from the report just written.
+        flags = [arg for name in VERIFY_NAMES for arg in (f"--{name}", rollout.values[name])]
+        checked = verify_cli.main(["--report", rollout.report_path, *flags])
+        return code or checked
+    return code
 
 
 if __name__ == "__main__":

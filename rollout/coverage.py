@@ -1,5 +1,5 @@
 """Pure judgement of what a redeploy answer covered. The control plane's `ok` and `stragglers` are not
-trusted alone: a tenant is shipped only when its own row says verified_on_target, a tenant in scope
+trusted alone: a tenant is redeployed only when its own row says verified_on_target, a tenant in scope
 with no row is a straggler (never a silent skip), and a row outside the call's scope means the control
 plane widened the call."""
 
@@ -9,18 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.contract import ContractError, show
+from fleet.vocabulary import Outcome
 
-SHIPPED = "shipped"
-STRAGGLER = "straggler"
-NOT_ATTEMPTED = "not-attempted"
-UNKNOWN = "unknown"
-PLANNED = "planned"
+UNPROVEN = "the control plane's row has no verified_on_target, so nothing proves it runs the target"
 
 
-@dataclass
-class Outcome:
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant's outcome in the rollout, with the phase the control plane named and why."""
+
     slug: str
-    outcome: str
+    outcome: Outcome
     phase: str | None = None
     reason: str | None = None
 
@@ -28,26 +27,23 @@ class Outcome:
         return {"slug": self.slug, "outcome": self.outcome, "phase": self.phase, "reason": self.reason}
 
 
-def reason_of(result: dict[str, Any]) -> str:
-    """Why a tenant was not verified, from the fields its result carries."""
-    if result.get("error"):
-        return str(result["error"])
+def reason_of(row: dict[str, Any]) -> str:
+    """Why a tenant was not verified, from the fields its row carries."""
+    if row.get("error"):
+        return str(row["error"])
     parts = []
-    if result.get("ssm_status") not in (None, "Success"):
-        parts.append(f"ssm status {result['ssm_status']}")
-    if result.get("ssm_exit_code") not in (None, 0):
-        parts.append(f"exit code {result['ssm_exit_code']}")
-    if result.get("healthz_ok") is False:
+    if row.get("ssm_status") not in (None, "Success"):
+        parts.append(f"ssm status {row['ssm_status']}")
+    if row.get("ssm_exit_code") not in (None, 0):
+        parts.append(f"exit code {row['ssm_exit_code']}")
+    if row.get("healthz_ok") is False:
         parts.append("healthz failed")
     return ", ".join(parts) or "not verified on target"
 
 
-UNPROVEN = "the control plane's row has no verified_on_target, so nothing proves it runs the target"
-
-
 def assess(
     expected: list[str], answer: dict[str, Any], *, dry_run: bool = False, may_halt: bool = False
-) -> tuple[list[Outcome], list[str]]:
+) -> tuple[list[Tenant], list[str]]:
     """Outcomes for the tenants one call covered, and the tenants it answered for outside them (in
     answer order). A tenant with no row is a straggler; only when the call failed and the control plane
     may have halted before reaching it (`may_halt`, a fleet call) is its outcome unknown."""
@@ -59,29 +55,26 @@ def assess(
     claimed = set(answer.get("stragglers") or ())
     wanted = set(expected)
     outside = [slug for slug in rows if slug not in wanted]
-    outcomes = []
-    for slug in expected:
-        row = rows.get(slug)
-        phase = row.get("phase") if row else None
-        if dry_run:
-            outcomes.append(Outcome(slug, PLANNED, phase, (row or {}).get("error")))
-        elif row is None and may_halt and not answer["ok"]:
-            outcomes.append(Outcome(slug, UNKNOWN, None, "no row: the control plane reported failure"))
-        elif row is None:
-            outcomes.append(Outcome(slug, STRAGGLER, None, "no row from the control plane"))
-        elif "verified_on_target" not in row:
-            outcomes.append(Outcome(slug, STRAGGLER, phase, UNPROVEN))
-        elif row["verified_on_target"] is not True:
-            outcomes.append(Outcome(slug, STRAGGLER, phase, reason_of(row)))
-        elif slug in claimed:
-            outcomes.append(Outcome(slug, STRAGGLER, phase, "the control plane listed it as a straggler"))
-        else:
-            outcomes.append(Outcome(slug, SHIPPED, phase, None))
-    return outcomes, outside
+    return [
+        _judge(slug, rows.get(slug), slug in claimed, answer["ok"], dry_run, may_halt) for slug in expected
+    ], outside
 
 
-def stragglers(outcomes: list[Outcome]) -> list[str]:
-    return [o.slug for o in outcomes if o.outcome == STRAGGLER]
+def _judge(slug: str, row: dict[str, Any] | None, claimed: bool, ok: bool, dry_run: bool, may_halt: bool) -> Tenant:
+    phase = row.get("phase") if row else None
+    if dry_run:
+        return Tenant(slug, Outcome.DRY_RUN, phase, (row or {}).get("error"))
+    if row is None:
+        if may_halt and not ok:
+            return Tenant(slug, Outcome.UNKNOWN, None, "no row: the control plane reported failure")
+        return Tenant(slug, Outcome.STRAGGLER, None, "no row from the control plane")
+    if "verified_on_target" not in row:
+        return Tenant(slug, Outcome.STRAGGLER, phase, UNPROVEN)
+    if row["verified_on_target"] is not True:
+        return Tenant(slug, Outcome.STRAGGLER, phase, reason_of(row))
+    if claimed:
+        return Tenant(slug, Outcome.STRAGGLER, phase, "the control plane listed it as a straggler")
+    return Tenant(slug, Outcome.REDEPLOYED, phase, None)
 
 
 def over_budget(count: int, budget: int) -> bool:

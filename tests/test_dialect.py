@@ -72,7 +72,7 @@ def test_a_real_row_without_verified_on_target_proves_nothing_and_is_a_straggler
     assert run.code == 0
     assert run.report["stragglers"] == ["birch"]
     birch = next(t for t in run.report["tenants"] if t["slug"] == "birch")
-    assert birch["outcome"] == "straggler" and "no verified_on_target" in birch["reason"]
+    assert birch["outcome"] == "quarantined" and "no verified_on_target" in birch["reason"]
     assert rollout(sb, "--max-stragglers", "0").code == 1  # strict: the unproven tenant fails the rollout
 
 

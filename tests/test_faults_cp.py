@@ -397,7 +397,7 @@ def test_cp_schema_invalid_redeploy_answer_is_rejected(rollout, serve, answer, c
     rollout.fault(run, "redeploy answer (HTTP 200) rejected", cause)
     assert len(real_calls(cp)) == 1
     in_flight_unknown(run, "acme", "birch")
-    assert all(t["outcome"] != "shipped" for t in run.report["tenants"])
+    assert all(t["outcome"] != "redeployed" for t in run.report["tenants"])
 
 
 # -- the fleet's enumeration (an unscoped dry run) -----------------------------------------------------
@@ -552,4 +552,4 @@ def test_cp_that_widens_a_real_call_halts_the_rollout_after_that_call(rollout, s
     assert run.report["outside_scope"] == ["acme", "cobalt", "dune"]
     assert "Touched outside the call's scope" in run.summary and "`cobalt`" in run.summary
     outcomes = {t["slug"]: t["outcome"] for t in run.report["tenants"]}
-    assert outcomes == {"acme": "shipped", "birch": "shipped", "cobalt": "not-attempted", "dune": "not-attempted"}
+    assert outcomes == {"acme": "redeployed", "birch": "redeployed", "cobalt": "not-attempted", "dune": "not-attempted"}

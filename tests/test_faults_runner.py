@@ -58,7 +58,8 @@ def fleet():
 STEPS = {
     "rollout": (
         rollout_main,
-        ["--target-tag", TAG, "--soak-seconds", "0", "--max-stragglers", "0", "--cp-timeout-seconds", "2"],
+        ["--target-tag", TAG, "--expected-sha", SHA, "--soak-seconds", "0", "--max-stragglers", "0",
+         "--cp-timeout-seconds", "2"],
     ),
     "verify": (
         verify_main,

@@ -140,7 +140,8 @@ def test_canary_soak_with_dripping_healthz_ends_on_time(tmp_path, capsys, monkey
     report = tmp_path / "report.json"
     argv = [
         "--cp-url", cp.url, "--target-tag", TAG, "--canary-slug", "acme", "--soak-seconds", "2",
-        "--poll-interval-seconds", "0.2", "--tenant-url-template", cp.url + "/t/{slug}", "--report", str(report),
+        "--poll-interval-seconds", "0.2", "--tenant-url-template", cp.url + "/t/{slug}", "--expected-sha", SHA,
+        "--report", str(report),
     ]  # fmt: skip
     began = time.monotonic()
     run = run_step(rollout_main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=TOKEN)

@@ -35,7 +35,7 @@ def serving(sb: Sandbox, slug: str) -> str:
     return sb.state()["tenants"][slug]["serving_sha"]
 
 
-def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout):
+def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout, tmp_path):
     sb = start(scenario(*EIGHT))
     run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "1")
     assert run.code == 0
@@ -43,8 +43,9 @@ def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout
     assert run.outputs["stragglers"] == "[]"
     assert run.outputs["ok"] == "true"
     assert run.outputs["quarantined-count"] == "0"
+    assert run.outputs["report-path"] == str(tmp_path / "report.json") and run.outputs["verify"] == "false"
     assert run.report["rollout"]["verdict"] == "shipped"
-    assert all(t["outcome"] == "shipped" for t in run.report["tenants"])
+    assert all(t["outcome"] == "redeployed" for t in run.report["tenants"])
     assert all(serving(sb, s) == SHA for s in EIGHT)
     assert run.warnings() == [] and run.errors() == []
     # the canary as its own strict call, then batches that carry no canary and no soak
@@ -123,7 +124,7 @@ def test_canary_that_turns_unhealthy_while_soaking_fails_the_rollout(start, roll
     sb = start(scenario("acme:flapping", "birch", "cobalt"))
     run = rollout(
         sb, "--canary-slug", "acme", "--soak-seconds", "2", "--poll-interval-seconds", "0.1",
-        "--tenant-url-template", sb.tenant_url_template, "--max-stragglers", "5",
+        "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA, "--max-stragglers", "5",
     )  # fmt: skip
     assert run.code == 1
     assert "turned unhealthy while soaking" in run.report["message"]
@@ -159,13 +160,14 @@ def test_percentage_tolerance_resolves_against_the_scope_rounding_down(start, ro
     assert run.code == code
 
 
-def test_budget_comes_from_the_environment_then_the_callers_fallback(start, rollout, monkeypatch):
+def test_budget_comes_from_the_input_then_the_environment_then_one(start, rollout, monkeypatch):
     sb = start("incident")
-    assert rollout(sb).code == 1  # nothing given on the command line: strict
-    monkeypatch.setenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", "1")
+    run = rollout(sb)  # nothing given: 1, on the command line as in the action
+    assert run.code == 0 and run.report["plan"]["budget"] == {"requested": "1", "source": "default", "resolved": 1}
+    monkeypatch.setenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", "0")
     run = rollout(sb)
-    assert run.code == 0 and run.report["plan"]["budget"]["source"] == "env"
-    assert rollout(sb, "--max-stragglers", "0").code == 1  # the input wins over the environment
+    assert run.code == 1 and run.report["plan"]["budget"]["source"] == "env"
+    assert rollout(sb, "--max-stragglers", "1").code == 0  # the input wins over the environment
 
 
 def test_action_fallback_is_one_straggler(start, rollout, monkeypatch):
@@ -206,7 +208,7 @@ def test_dry_run_plans_reports_and_deploys_nothing(start, rollout, mode):
     assert bodies(sb) == [] and len(all_bodies(sb)) >= 2 and all(b["dry_run"] is True for b in all_bodies(sb))
     assert all(serving(sb, s) != SHA for s in EIGHT)
     assert run.report["rollout"]["verdict"] == "planned"
-    assert {t["outcome"] for t in run.report["tenants"]} == {"planned"}
+    assert {t["outcome"] for t in run.report["tenants"]} == {"dry-run"}
     assert "stragglers" not in run.report and run.outputs["stragglers"] == "[]"
 
 
@@ -237,7 +239,7 @@ def test_report_and_outputs_are_written_when_the_input_is_bad(start, rollout):
 def test_missing_token_is_a_clear_error(start, rollout):
     sb = start("clean")
     run = rollout(sb, token=None)
-    assert run.code == 2 and "CP_TOKEN is not set" in run.report["message"]
+    assert run.code == 2 and run.report["message"] == "CP_TOKEN is required: the control-plane token"
 
 
 @pytest.mark.parametrize(
@@ -268,7 +270,8 @@ def test_sandbox_tag_to_sha():
 )
 def test_verify_inputs_fail_before_the_fleet_moves(start, rollout, flag, value, why):
     sb = start("clean")
-    run = rollout(sb, flag, value)
+    # with a tenant URL template, verify follows: its inputs are checked before anything is sent
+    run = rollout(sb, "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA, flag, value)
     assert run.code == 2 and why in run.report["message"]
     assert sb.cp_calls == []
 
@@ -277,7 +280,7 @@ def test_soak_that_stays_healthy_lets_the_batches_go(start, rollout):
     sb = start(scenario("acme", "birch", "cobalt"))
     run = rollout(
         sb, "--canary-slug", "acme", "--soak-seconds", "1", "--poll-interval-seconds", "0.3",
-        "--tenant-url-template", sb.tenant_url_template,
+        "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,
     )  # fmt: skip
     assert run.code == 0, run.report["message"]
     assert "soaking canary acme for 1 s" in run.log
@@ -337,8 +340,8 @@ def test_a_token_that_breaks_over_lines_is_refused_and_the_report_stays_valid_js
 @pytest.mark.parametrize(
     ("flags", "verify"),
     [
-        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}"], "true"),
-        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--dry-run", "true"], "false"),
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA], "true"),
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA, "--dry-run", "true"], "false"),
         ([], "false"),
         (["--tenant-url-template", " "], "false"),
     ],
@@ -356,7 +359,7 @@ def test_the_action_refuses_a_template_without_an_expected_sha_before_the_fleet_
         monkeypatch.setenv(f"GHA_FLEET_{name}", value)
     monkeypatch.setenv("GHA_FLEET_EXPECTED_SHA", "")
     run = rollout(sb, "--from-env")
-    assert run.code == 2 and "expected-sha is required with tenant-url-template" in run.report["message"]
+    assert run.code == 2 and run.report["message"] == "expected-sha is required"
     assert sb.cp_calls == []
 
 
@@ -365,7 +368,7 @@ def test_the_rollout_has_a_deadline_that_no_call_outlives(start, rollout):
     run = rollout(sb, "--canary-slug", "acme", "--cp-timeout-seconds", "100", "--soak-seconds", "0")
     # the scope probe, canary + 3 batches, each up to cp-timeout, plus the margin
     assert run.report["plan"]["deadline_seconds"] == 5 * 100 + planning.RUN_MARGIN_SECONDS
-    assert "deadline 560 s" in run.log
+    assert "so the rollout ends by 560 s at the latest" in run.log
 
 
 def test_a_call_past_the_rollouts_deadline_is_not_sent(start):

@@ -28,10 +28,23 @@ def test_plain_text_is_one_inert_line(text):
     assert not re.search(r"[\x00-\x1f\x7f\u2028\u2029\x85]", line)
 
 
+@contextlib.contextmanager
+def under_a_runner():
+    before = os.environ.get("GITHUB_ACTIONS")
+    os.environ["GITHUB_ACTIONS"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GITHUB_ACTIONS"]
+        else:
+            os.environ["GITHUB_ACTIONS"] = before
+
+
 @given(NASTY)
 def test_a_warning_is_exactly_one_command_whatever_its_text(text):
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(buf), under_a_runner():
         runner.warning(runner.plain(text))
         runner.log("reason: " + runner.plain(text))
     lines = buf.getvalue().splitlines()
@@ -82,3 +95,22 @@ def test_mask_is_printed_only_under_a_runner(capsys, monkeypatch):
     assert capsys.readouterr().out == ""
     runner.log("the token is plain-terminal-secret")
     assert capsys.readouterr().out == "the token is ***\n"
+
+
+def test_outside_a_runner_the_console_is_plain_text(capsys, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    untrusted = "100% sure: a::b <img> *x*"
+    runner.warning("tenant acme: " + runner.plain(untrusted))
+    runner.write_summary(
+        "## Fleet\n\n" + runner.md(untrusted) + "\n\n<details><summary>Tenants (2)</summary>\n\n| `a` |\n\n</details>"
+    )
+    out = capsys.readouterr().out
+    assert "::warning::tenant acme: 100% sure: a::b <img> *x*" in out  # no %25, no :\:
+    assert "100% sure: a::b <img> *x*" in out.splitlines()[3]  # no &lt;, no \*
+    assert "<details>" not in out and "</details>" not in out and "Tenants (2):" in out
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    runner.warning("tenant acme: " + runner.plain(untrusted))
+    assert (
+        capsys.readouterr().out == "::warning::tenant acme: 100%25 sure: a:\\:b <img> *x*\n"
+    )  # unchanged under a runner

@@ -9,6 +9,7 @@ import pytest
 from support import SHA, TAG, run_step, scenario
 
 from fleet.tenant import Reply
+from fleet.vocabulary import State
 from rollout.cli import main as rollout_main
 from sandbox import Sandbox
 from verify import poll, verdict
@@ -152,8 +153,8 @@ def test_progress_lines_while_waiting(start, verify, monkeypatch):
 
 def test_summary_escapes_untrusted_reasons():
     seen = {
-        "acme": verdict.Seen("unhealthy", "buildinfo said <img src=x> | ::error::boom\r\n## [x](y) `z`"),
-        "birch": verdict.Seen("verified", None, SHA),
+        "acme": verdict.Seen(State.UNHEALTHY, "buildinfo said <img src=x> | ::error::boom\r\n## [x](y) `z`"),
+        "birch": verdict.Seen(State.VERIFIED, None, SHA),
     }
     text = verify_summary.render(False, "1 failed", seen, verdict.counts(seen))
     row = next(line for line in text.splitlines() if line.startswith("| `acme`"))

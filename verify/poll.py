@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.tenant import Tenants
+from fleet.tenant import Reply, Tenants
+from fleet.vocabulary import State
 from verify import verdict
 from verify.verdict import Seen
 
@@ -27,10 +28,10 @@ class Fleet:
     slugs: list[str]
     seen: dict[str, Seen]
     polls: int = 0
-    done: frozenset[str] = verdict.PASSING  # the verdicts that end a tenant's polling
+    done: frozenset[State] = verdict.DONE  # the states that end a tenant's polling
 
     def waiting(self) -> int:
-        return sum(1 for s in self.slugs if self.seen.get(s, Seen("")).state not in self.done)
+        return sum(1 for s in self.slugs if s not in self.seen or self.seen[s].state not in self.done)
 
 
 def poll(
@@ -70,7 +71,7 @@ def poll(
             try:
                 seen = _look(tenants, urls[slug], expected_sha, head, deadline, companion)
             except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
-                seen = Seen(verdict.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
+                seen = Seen(State.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
             with lock:
                 if done.is_set():
                     return  # the poll is over: a late answer changes nothing
@@ -105,7 +106,7 @@ def poll(
             done.set()
             lock.notify_all()
     for slug in slugs:
-        fleet.seen.setdefault(slug, Seen(verdict.UNREACHABLE, "no answer before the deadline"))
+        fleet.seen.setdefault(slug, Seen(State.UNREACHABLE, "no answer before the deadline"))
     return fleet
 
 
@@ -113,8 +114,8 @@ class _Companion:
     """A second thread per worker, so a tenant's healthz and buildinfo are fetched side by side."""
 
     def __init__(self) -> None:
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Callable[[], Reply]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Reply] = queue.SimpleQueue()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -122,10 +123,10 @@ class _Companion:
             job = self._inbox.get()
             self._outbox.put(job())
 
-    def start(self, job: Callable[[], object]) -> None:
+    def start(self, job: Callable[[], Reply]) -> None:
         self._inbox.put(job)
 
-    def result(self):
+    def result(self) -> Reply:
         return self._outbox.get()
 
 

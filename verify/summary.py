@@ -8,7 +8,8 @@ from collections import defaultdict
 
 from fleet import markdown
 from fleet.runner import md
-from verify.verdict import FAILING, QUARANTINED, STALE, SUPERSEDED, UNHEALTHY, UNREACHABLE, VERIFIED, Seen
+from fleet.vocabulary import State
+from verify.verdict import Seen
 
 
 def render(
@@ -25,12 +26,12 @@ def render(
     if counts is None:
         return "\n".join(parts)
     rows = [
-        ("Verified", counts[VERIFIED]),
-        ("Superseded (on the branch's newer head)", counts[SUPERSEDED]),
-        ("Quarantined stragglers", counts[QUARANTINED]),
-        ("Stale", counts[STALE]),
-        ("Unhealthy", counts[UNHEALTHY]),
-        ("Unreachable", counts[UNREACHABLE]),
+        ("Verified", counts[State.VERIFIED]),
+        ("Superseded (on the branch's newer head)", counts[State.SUPERSEDED]),
+        ("Quarantined stragglers", counts[State.QUARANTINED]),
+        ("Stale", counts[State.STALE]),
+        ("Unhealthy", counts[State.UNHEALTHY]),
+        ("Unreachable", counts[State.UNREACHABLE]),
         ("Total", counts["total"]),
     ]
     parts += [markdown.table(("", "tenants"), rows), ""]
@@ -41,7 +42,9 @@ def render(
         parts += ["### Who runs which build", ""]
         by_build = [(f"`{md(build)}`", len(slugs), markdown.code_list(slugs)) for build, slugs in builds.items()]
         parts += [markdown.table(("build", "tenants", "which"), by_build), ""]
-    attention = [(slug, s) for slug, s in seen.items() if s.state in FAILING or s.state in (QUARANTINED, SUPERSEDED)]
+    attention = [
+        (slug, s) for slug, s in seen.items() if s.state.failing or s.state in (State.QUARANTINED, State.SUPERSEDED)
+    ]
     if attention:
         parts += ["### Needs attention", ""]
         table = markdown.table(
@@ -56,7 +59,7 @@ def render(
         parts += ["### Next steps", ""]
         parts += [f"- {md(step)}: {markdown.code_list(slugs)}" for step, slugs in groups.items()]
         parts.append("")
-    verified = [slug for slug, s in seen.items() if s.state == VERIFIED]
+    verified = [slug for slug, s in seen.items() if s.state == State.VERIFIED]
     if verified:
         parts.append(markdown.fold(f"Verified ({len(verified)})", markdown.code_list(verified), len(verified)))
     return "\n".join(parts)

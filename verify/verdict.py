@@ -8,37 +8,25 @@ from fleet import contract
 from fleet.contract import ContractError
 from fleet.forge import same_commit
 from fleet.tenant import Reply, health_problem
+from fleet.vocabulary import Outcome, State
 
-VERIFIED = "verified"
-QUARANTINED = "quarantined"
-STALE = "stale"
-UNHEALTHY = "unhealthy"
-UNREACHABLE = "unreachable"
-SUPERSEDED = "superseded"  # serves the deployed branch's current head, newer than the expected build
-STATES = (VERIFIED, QUARANTINED, STALE, UNHEALTHY, UNREACHABLE, SUPERSEDED)
-FAILING = (STALE, UNHEALTHY, UNREACHABLE)
-PASSING = frozenset({VERIFIED, SUPERSEDED})  # a tenant in one of these is done: not polled again
-ANSWERED = frozenset(set(STATES) - {UNREACHABLE})  # a survey is done with a tenant once it answered
+# A tenant whose state is one of these is done: it is not polled again.
+DONE = frozenset({State.VERIFIED, State.SUPERSEDED})
+ANSWERED = frozenset(set(State) - {State.UNREACHABLE})  # a survey is done with a tenant once it answered
 
 
 @dataclass(frozen=True)
 class Seen:
-    state: str
+    state: State
     reason: str | None = None
     build: str | None = None  # the git_sha the tenant reported, when it did
 
-    def record(self, slug: str) -> dict:
+    def record(self, slug: str) -> dict[str, object]:
         return {"slug": slug, "state": self.state, "reason": self.reason, "build": self.build}
 
 
 def quarantined() -> Seen:
-    return Seen(QUARANTINED, "quarantined by the rollout: needs individual recovery")
-
-
-def classify_health(health: Reply) -> Seen | None:
-    """The verdict healthz alone settles (unreachable, unhealthy), or None when it is 2xx."""
-    problem = health_problem(health)
-    return Seen(*problem) if problem else None
+    return Seen(State.QUARANTINED, "quarantined by the rollout: needs individual recovery")
 
 
 def classify(health: Reply, build: Reply, expected_sha: str, head: str | None = None) -> Seen:
@@ -46,29 +34,29 @@ def classify(health: Reply, build: Reply, expected_sha: str, head: str | None = 
     stale, unhealthy or unreachable, with why. The build is kept whenever buildinfo told it, so a
     survey can say what an unhealthy tenant runs."""
     sha, problem = _build(build)
-    settled = classify_health(health)
-    if settled:
-        return Seen(settled.state, settled.reason, sha)
+    problem_of_health = health_problem(health)
+    if problem_of_health:
+        return Seen(*problem_of_health, sha)
     if problem:
         return problem
     assert sha is not None
     if sha.startswith(expected_sha.lower()):
-        return Seen(VERIFIED, None, sha)
+        return Seen(State.VERIFIED, None, sha)
     return stale_or_superseded(sha, expected_sha, head)
 
 
 def _build(build: Reply) -> tuple[str | None, Seen | None]:
     """The git_sha buildinfo reports, or the verdict its answer settles (unreachable, unhealthy)."""
     if build.error:
-        return None, Seen(UNREACHABLE, f"buildinfo: {build.error}")
+        return None, Seen(State.UNREACHABLE, f"buildinfo: {build.error}")
     if build.status != 200:
-        return None, Seen(UNHEALTHY, f"buildinfo answered HTTP {build.status}")
+        return None, Seen(State.UNHEALTHY, f"buildinfo answered HTTP {build.status}")
     if build.oversize:
-        return None, Seen(UNHEALTHY, "buildinfo body too large")
+        return None, Seen(State.UNHEALTHY, "buildinfo body too large")
     try:
         info = contract.validate("buildinfo", contract.parse_json(build.body, "buildinfo"), "buildinfo rejected")
     except ContractError as exc:
-        return None, Seen(UNHEALTHY, str(exc))
+        return None, Seen(State.UNHEALTHY, str(exc))
     return info["git_sha"].lower(), None
 
 
@@ -76,29 +64,29 @@ def stale_or_superseded(sha: str, expected_sha: str, head: str | None) -> Seen:
     """A healthy tenant off the expected build: superseded when it serves exactly the branch's head (the
     fleet is ahead, not behind), stale otherwise. Without a head, never excused."""
     if head and not same_commit(head, expected_sha) and same_commit(sha, head):
-        return Seen(SUPERSEDED, f"serves the branch's newer head {sha[:12]}, expected {expected_sha[:12]}", sha)
-    return Seen(STALE, f"serves build {sha[:12]}, expected {expected_sha[:12]}", sha)
+        return Seen(State.SUPERSEDED, f"serves the branch's newer head {sha[:12]}, expected {expected_sha[:12]}", sha)
+    return Seen(State.STALE, f"serves build {sha[:12]}, expected {expected_sha[:12]}", sha)
 
 
-def next_step(seen: Seen, rollout_outcome: str | None = None) -> str | None:
-    """What to do about a tenant, from its verdict and (in a survey) what the rollout did to it."""
-    if seen.state in PASSING:
+def next_step(seen: Seen, outcome: Outcome | None = None) -> str | None:
+    """What to do about a tenant, from its state and (in a survey) what the rollout did to it."""
+    if seen.state.passing:
         return None
-    if seen.state == QUARANTINED or rollout_outcome in ("straggler", "unknown"):
+    if seen.state == State.QUARANTINED or outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED, Outcome.UNKNOWN):
         return "recover it: redeploy it strictly (slugs, max-stragglers 0) once its fault is fixed"
-    if rollout_outcome == "not-attempted":
+    if outcome == Outcome.NOT_ATTEMPTED:
         return "roll forward: the rollout never reached it; run it again for these tenants (slugs) once fixed"
-    if seen.state == STALE:
+    if seen.state == State.STALE:
         return "investigate: healthy but on another build; then redeploy it (slugs)"
-    if seen.state == UNHEALTHY:
+    if seen.state == State.UNHEALTHY:
         return "investigate: check its health endpoint and logs; then redeploy it (slugs)"
     return "investigate: check that it runs and is reachable (DNS, network, TLS)"
 
 
 def counts(seen: dict[str, Seen]) -> dict[str, int]:
-    out = {state: 0 for state in STATES}
+    out = {str(state): 0 for state in State}
     for s in seen.values():
         out[s.state] += 1
-    out["failed"] = sum(out[s] for s in FAILING)
+    out["failed"] = sum(1 for s in seen.values() if s.state.failing)
     out["total"] = len(seen)
     return out

@@ -1,0 +1,129 @@
+"""Verify's inputs as typed settings, each checked once, and the tenants it covers: from the rollout's
+report, a control plane's answer (--response), or --slugs with --stragglers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet import contract, inputs, report, runner
+from fleet.contract import ContractError, show
+from fleet.tenant import TenantAccess
+from fleet.vocabulary import Outcome, RolloutVerdict
+
+MAX_CONCURRENCY = 512  # two threads per tenant polled at once
+
+
+@dataclass(frozen=True)
+class Settings:
+    expected_sha: str
+    tenants: TenantAccess
+    timeout: float
+    interval: float
+    concurrency: int
+    superseded_check: bool
+    api_url: str
+
+
+def settings_from(values: Mapping[str, str]) -> Settings:
+    """Typed settings; the first bad input is a ContractError naming it. The rollout calls this too, so
+    a bad verify input fails before the fleet moves."""
+    tenants = inputs.tenant_access(values)
+    if tenants is None:
+        raise ContractError("tenant-url-template is required to verify")
+    return Settings(
+        expected_sha=inputs.expected_sha(inputs.required("expected-sha", values["expected-sha"])),
+        tenants=tenants,
+        timeout=inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"]),
+        interval=inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
+        concurrency=inputs.integer("concurrency", values["concurrency"], minimum=1, maximum=MAX_CONCURRENCY),
+        superseded_check=inputs.boolean("superseded-check", values["superseded-check"]),
+        api_url=values["api-url"],
+    )
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What verify covers: the tenants, the quarantined ones, where they came from, and, in a survey
+    after a failed rollout, what the rollout did to each."""
+
+    scope: list[str]
+    quarantined: list[str]
+    source: str
+    survey: str = ""  # the failed rollout's verdict, when this is a survey
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+def read_report(path: str, elsewhere: bool) -> dict[str, Any] | None:
+    """The report --report names. A file that does not exist is an error, never a reason to take the
+    fleet from somewhere else; only when --slugs or --response name the tenants (`elsewhere`) is it
+    simply where verify writes its report."""
+    if Path(path).exists():
+        return report.read(path)
+    if elsewhere:
+        return None
+    raise ContractError(f"--report {show(path)} does not exist: verify reads the rollout's report from it")
+
+
+def fleet_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Fleet:
+    """The tenants to verify and the quarantined ones. A rollout that touched the fleet and then failed
+    is surveyed: every tenant in its scope is read, none skipped."""
+    if doc is not None and "rollout" in doc:
+        rollout = doc["rollout"]
+        plan = doc.get("plan") or {}
+        _ignored(
+            values, "the scope and the quarantine come from the rollout's report", "slugs", "stragglers", "response"
+        )
+        scope = list(plan.get("scope") or [])
+        verdict = str(rollout.get("verdict", RolloutVerdict.FAILED))
+        if not rollout.get("ok") and rollout.get("touched") and not plan.get("dry_run"):
+            outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
+            return Fleet(scope, [], "the failed rollout's report", verdict, outcomes)
+        if not rollout.get("ok") or plan.get("dry_run") or verdict == RolloutVerdict.SUPERSEDED:
+            raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
+        return Fleet(scope, list(doc.get("stragglers", [])), "the rollout's report")
+    if values["response"]:
+        _ignored(values, "the tenants and the quarantine come from --response", "slugs", "stragglers")
+        return Fleet(*read_response(values["response"]), "the control plane's answer")
+    if values["slugs"]:
+        slugs = contract.parse_slug_list(values["slugs"], "slugs")
+        return Fleet(slugs, parse_stragglers(values["stragglers"]), "--slugs")
+    raise ContractError(
+        "no tenants to verify: give --report (the rollout's report), --response (a redeploy-fleet answer) or --slugs"
+    )
+
+
+def _ignored(values: Mapping[str, str], why: str, *names: str) -> None:
+    for name in names:
+        if values[name]:
+            runner.warning(f"--{name} is ignored: {why}")
+
+
+def parse_stragglers(text: str) -> list[str]:
+    """A JSON array or a comma/newline list of slugs."""
+    text = text.strip()
+    if text.startswith("["):
+        items = contract.parse_json(text, "stragglers")
+        if not isinstance(items, list):
+            raise ContractError("stragglers must be a JSON array of slugs")
+        for item in items:
+            contract.check_slug(item, "stragglers")
+        return contract.unique_slugs(items, "stragglers")
+    return contract.parse_slug_list(text, "stragglers") if text else []
+
+
+def read_response(path: str) -> tuple[list[str], list[str]]:
+    """The tenants and the quarantine from a redeploy-fleet answer, or the aggregate of several that a
+    deploy script wrote: its rows' slugs, and its `stragglers` (absent: none)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ContractError(f"cannot read --response {show(path)}: {exc.strerror}") from None
+    what = f"--response {show(path)}"
+    answer = contract.validate("redeploy-response", contract.parse_json(raw, what), f"{what} rejected")
+    slugs = contract.unique_slugs((row["slug"] for row in answer["results"]), f"{what} rejected")
+    stragglers = contract.unique_slugs(answer.get("stragglers") or [], f"{what} rejected: stragglers")
+    # A straggler without a row is still named: quarantined, never silently left out.
+    return slugs + [s for s in stragglers if s not in slugs], stragglers
