@@ -212,6 +212,40 @@ def test_dry_run_plans_reports_and_deploys_nothing(start, rollout, mode):
     assert "stragglers" not in run.report and run.outputs["stragglers"] == "[]"
 
 
+def test_a_dry_run_prints_its_plan_call_by_call_in_the_log_and_the_summary(start, rollout):
+    sb = start("incident")
+    run = rollout(sb, "--canary-slug", "acme", "--dry-run", "true")
+    calls = [
+        "call 1 (canary): acme",
+        "call 2 (batch 1): birch, cobalt, dune",
+        "call 3 (batch 2): reno-stars, ember, fjord",
+        "call 4 (batch 3): harbor",
+    ]
+    assert [line for line in run.log.splitlines() if line.startswith("plan: call ")] == [f"plan: {c}" for c in calls]
+    plan = run.summary.split("### The plan\n\n", 1)[1].split("\n\n", 1)[0]
+    assert plan.splitlines() == [f"1. {c}" for c in calls]
+    assert "dry run: 8 tenants planned in 4 calls; nothing was deployed" in run.log
+
+
+def test_counts_of_one_are_singular(start, rollout):
+    sb = start(scenario("acme"))
+    run = rollout(sb, "--dry-run", "true")
+    assert "dry run: 1 tenant planned in 1 call; nothing was deployed" in run.log
+    assert "to 1 of 1 tenant;" in run.log and "1 batch of up to 3" in run.log
+
+
+def test_a_missing_token_names_the_input_in_the_action_and_the_variable_on_the_command_line(
+    start, rollout, monkeypatch
+):
+    sb = start("clean")
+    assert rollout(sb, token=None).report["message"] == "CP_TOKEN is required: the control-plane token"
+    for name, value in {"CP_URL": sb.url, "TARGET_TAG": TAG}.items():
+        monkeypatch.setenv(f"GHA_FLEET_{name}", value)
+    run = rollout(sb, "--from-env", token=None)
+    assert run.code == 2 and run.report["message"] == "the cp-token input is required: the control-plane token"
+    assert sb.cp_calls == []
+
+
 def test_slugs_limit_the_rollout_and_unknown_names_fail_before_any_call(start, rollout):
     sb = start("incident")
     run = rollout(sb, "--slugs", "reno-stars,\nharbor", "--canary-slug", "acme", "--max-stragglers", "0")

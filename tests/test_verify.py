@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from support import SHA, TAG, run_step, scenario
@@ -283,3 +287,42 @@ def test_tenant_paths_are_checked_before_any_request(start, verify, path):
     run = verify(sb, "--healthz-path", path)
     assert run.code == 2 and "healthz-path must be an absolute path" in run.report["verify"]["message"]
     assert not any(sb.tenant_hits.values())
+
+
+def test_a_report_that_does_not_exist_is_an_error_never_a_fallback(start, verify, tmp_path):
+    sb = start(deployed("acme"))
+    missing = str(tmp_path / "no-such-report.json")
+    run = run_verify_raw(verify, sb, "--report", missing)
+    assert run.code == 2 and len(run.errors()) == 1
+    assert "::error::verify: --report '" in run.errors()[0]
+    assert run.errors()[0].endswith("does not exist: verify reads the rollout's report from it")
+    assert not any(sb.tenant_hits.values())
+
+
+def run_verify_raw(verify, sb, *flags):
+    """Verify with exactly these flags beyond the template and sha (no --slugs added)."""
+    return verify(sb, *flags, report=flags[flags.index("--report") + 1])
+
+
+def test_a_closed_pipe_ends_the_output_quietly_and_the_step_still_writes_its_report(start, tmp_path):
+    sb = start(deployed("acme", "birch"))
+    report = tmp_path / "piped.json"
+    argv = [
+        sys.executable, "-m", "verify", "--slugs", "acme,birch", "--tenant-url-template", sb.tenant_url_template,
+        "--expected-sha", SHA, "--poll-interval-seconds", "0.2", "--report", str(report),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("GITHUB_OUTPUT", None)
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    piped = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -n 1', "verify", *argv], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert piped.stderr == ""  # no BrokenPipeError traceback
+    assert piped.stdout.startswith("verify: 2 tenants from --slugs")
+    assert json.loads(report.read_text())["verify"]["ok"] is True  # the step went on to the end
+    helped = subprocess.run(
+        ["bash", "-c", '"$@" | head -n 1', "help", sys.executable, "-m", "verify", "--help"], env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert helped.stderr == "" and helped.stdout.startswith("usage: python -m verify")
