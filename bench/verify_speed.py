@@ -68,10 +68,16 @@ def scenario(count: int, latency_ms: int, deployed: bool = True) -> dict:
     }
 
 
-def time_verify(sb: SandboxProcess, count: int, interval: float = 5.0) -> float:
+def fleet(count: int) -> list[str]:
+    """The slugs of `scenario(count, ...)`'s generated fleet."""
+    return [f"t-{i:04d}" for i in range(1, count + 1)]
+
+
+def time_verify(sb: SandboxProcess, slugs: list[str], interval: float = 5.0) -> float:
+    count = len(slugs)
     report = Path(tempfile.mkdtemp(prefix="fleet-bench-report-")) / "verify.json"
     argv = [
-        sys.executable, "-m", "verify", "--cp-url", sb.url, "--tenant-url-template", sb.url + "/t/{slug}",
+        sys.executable, "-m", "verify", "--slugs", ",".join(slugs), "--tenant-url-template", sb.url + "/t/{slug}",
         "--expected-sha", SHA, "--report", str(report), "--poll-interval-seconds", str(interval),
         "--verify-timeout-seconds", "120",
     ]  # fmt: skip
@@ -104,7 +110,7 @@ def readiness(ready_after: float, interval: float) -> float:
     spec["tenants"] = [{"slug": "late", "behaviour": "slow", "ready_after": ready_after}]
     sb = SandboxProcess(spec)
     try:
-        body = json.dumps({"target_tag": TAG, "batch_size": 51, "max_stragglers": 0}).encode()
+        body = json.dumps({"target_tag": TAG, "batch_size": 51, "max_stragglers": 0, "confirm": True}).encode()
         req = urllib.request.Request(
             sb.url + "/cp/admin/tenants/redeploy-fleet", body,
             {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
@@ -112,7 +118,7 @@ def readiness(ready_after: float, interval: float) -> float:
         with urllib.request.urlopen(req) as resp:  # noqa: S310 - loopback sandbox
             resp.read()
         ready_at = time.perf_counter() + ready_after
-        time_verify(sb, 51, interval)
+        time_verify(sb, ["late", *fleet(50)], interval)
         return time.perf_counter() - ready_at
     finally:
         sb.stop()
@@ -131,14 +137,14 @@ def main() -> int:
 
     big = SandboxProcess(scenario(args.tenants, args.latency_ms))
     try:
-        big_times = [time_verify(big, args.tenants) for _ in range(args.runs)]
+        big_times = [time_verify(big, fleet(args.tenants)) for _ in range(args.runs)]
     finally:
         big.stop()
     small = SandboxProcess(scenario(args.curl_tenants, args.latency_ms))
     try:
         verify_times, curl_times = [], []
         for _ in range(args.curl_runs):  # interleaved, so both see the same machine
-            verify_times.append(time_verify(small, args.curl_tenants))
+            verify_times.append(time_verify(small, fleet(args.curl_tenants)))
             curl_times.append(time_curl(small, args.curl_tenants))
     finally:
         small.stop()
