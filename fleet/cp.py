@@ -29,7 +29,11 @@ class CPError(Exception):
     """A control-plane call that failed; the message is one line that names the cause."""
 
 
-class CPRefused(CPError):
+class NothingDone(CPError):
+    """A call the control plane did not act on: never sent, turned away (429), or refused (400)."""
+
+
+class CPRefused(NothingDone):
     """The control plane refused the request as bad (HTTP 400): nothing was done."""
 
     def __init__(self, message: str, said: str) -> None:
@@ -225,7 +229,7 @@ class ControlPlane:
         try:
             status, raw, gave_up = self._send(record, body, start)
         except CPError as exc:
-            raise self._fail(record, str(exc)) from None
+            raise self._fail(record, str(exc), type(exc)) from None
         finally:
             record["elapsed_seconds"] = round(time.monotonic() - start, 3)
         record["status"] = status
@@ -239,7 +243,8 @@ class ControlPlane:
         doc = runner.scrub_values(doc)
         record["response"] = doc if not isinstance(doc, _Unparsed) else doc.text[:2000]
         if gave_up:
-            raise self._fail(record, self._status_message(status, doc, dry=bool(body.get("dry_run")), gave_up=gave_up))
+            message = self._status_message(status, doc, dry=bool(body.get("dry_run")), gave_up=gave_up)
+            raise self._fail(record, message, NothingDone if status == 429 else CPError)
         return status, doc
 
     def _send(self, record: dict[str, Any], body: dict[str, Any], start: float) -> tuple[int, bytes, str]:
@@ -250,7 +255,7 @@ class ControlPlane:
         unknown = "" if dry else _UNKNOWN
         deadline = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         if deadline <= start:
-            raise CPError(f"the rollout's deadline passed before POST {REDEPLOY_PATH} could be sent")
+            raise NothingDone(f"the rollout's deadline passed before POST {REDEPLOY_PATH} could be sent")
         retry = 0
         while True:
             record["attempts"] = retry + 1
@@ -278,7 +283,7 @@ class ControlPlane:
                     if stop is None:
                         retry += 1
                         continue
-                    raise CPError(cause + stop) from None
+                    raise NothingDone(cause + stop) from None
                 raise CPError(self._transport_message(exc, dry)) from None
             except http.BodyError as exc:
                 raise CPError(f"control plane answer to POST {REDEPLOY_PATH}: {exc}{unknown}") from None

@@ -5,6 +5,7 @@ that fails says why, and the caller decides (not superseded; the switch fails cl
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +72,8 @@ class Forge:
         doc = self._read(f"/repos/{self._repo(where)}/branches/{quote(where.branch, safe='')}", "the branch head")
         commit = doc.get("commit") if isinstance(doc, dict) else None
         sha = commit.get("sha") or commit.get("id") if isinstance(commit, dict) else None
-        if not isinstance(sha, str) or not sha or not all(c in "0123456789abcdefABCDEF" for c in sha):
-            raise ForgeError("the branch answer has no commit sha (commit.sha or commit.id)")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{7,64}", sha):
+            raise ForgeError("the branch answer has no commit sha of 7 to 64 hex digits (commit.sha or commit.id)")
         return sha.lower()
 
     def variable(self, where: Where, name: str) -> str | None:

@@ -35,6 +35,7 @@ class Ending:
     outputs: dict[str, str]
     summary: str
     warnings: list[str] = field(default_factory=list)
+    error: bool = True  # a failure's message is the ::error:: line; False: a warning (said already)
 
 
 class Step(ABC):
@@ -82,7 +83,8 @@ def run(step: Step, argv: Sequence[str] | None) -> int:
     runner.set_outputs(ending.outputs)
     for line in ending.warnings:
         runner.warning(line)
-    (runner.log if ending.ok else runner.error)(runner.plain(ending.message))
+    say = runner.log if ending.ok else runner.error if ending.error else runner.warning
+    say(runner.plain(ending.message))
     runner.write_summary(ending.summary)
     runner.log(f"report: {runner.plain(ending.report_path)}")
     if ending.ok:

@@ -137,6 +137,8 @@ class Rollout(step.Step):
             doc["tenants"] = [t.record() for t in result.tenants.values()]
             if result.stragglers():
                 doc["stragglers"] = result.stragglers()
+                if settings is not None:  # the one command that redeploys them strictly and verifies them
+                    doc["recovery"] = summary.recovery_command(settings, result.stragglers())
             if result.outside:
                 doc["outside_scope"] = result.outside
         doc["rollout"] = {

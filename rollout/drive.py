@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from fleet import runner
 from fleet.contract import ContractError, show
-from fleet.cp import Answer, ControlPlane, CPError, CPRefused
+from fleet.cp import Answer, ControlPlane, CPError, CPRefused, NothingDone
 from fleet.tenant import REQUEST_SECONDS, health_problem
 from fleet.vocabulary import Outcome, RolloutVerdict, counted
 from rollout import coverage
@@ -102,7 +102,7 @@ def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, gate
         driver.result.superseded = stop.superseded
         driver.result.leave(stop.leave)
     except (CPError, ContractError, runner.Terminated) as exc:
-        raise BrokeOff(driver.broke_off(str(exc)), exc) from exc
+        raise BrokeOff(driver.broke_off(str(exc), acted=not isinstance(exc, NothingDone)), exc) from exc
     return driver.result
 
 
@@ -132,10 +132,14 @@ class _Driver:
             self.result.tenants[tenant.slug] = tenant
         self.in_flight = []
 
-    def broke_off(self, cause: str) -> Result:
-        """The result when a call broke off: its tenants' outcome is unknown, the rest not attempted."""
+    def broke_off(self, cause: str, acted: bool) -> Result:
+        """The result when a call broke off: its tenants' outcome is unknown (unless the control plane
+        cannot have acted on it), the rest not attempted."""
         for slug in self.in_flight:
-            self.result.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, None, f"outcome unknown: {cause}")
+            if acted:
+                self.result.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, None, f"outcome unknown: {cause}")
+            else:
+                self.result.tenants[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, None, f"not attempted: {cause}")
         self.result.verdict, self.result.message = RolloutVerdict.FAILED, cause
         self.result.leave("not attempted: the rollout broke off")
         return self.result
@@ -154,6 +158,10 @@ class _Driver:
             if dry:
                 raise _cannot_scope(body, f"its dry run answered for {_names(outside)} too")
             self.result.outside += [s for s in outside if s not in self.result.outside]
+            # Tenants of the rollout the widened call reached are judged by their rows, not left as
+            # untouched: the control plane says what it did to them.
+            reached = [s for s in outside if s in self.result.tenants]
+            self.take(coverage.assess(reached, answer.document)[0])
             raise Stop(
                 RolloutVerdict.WIDENED,
                 f"the control plane widened {what} beyond its only_slugs, redeploying {_names(outside)}; "
@@ -258,7 +266,7 @@ class _Driver:
                     f"{counted(left, 'tenant')} left on their old build",
                     halted,
                 )
-            if not answer.succeeded:
+            if not answer.succeeded and not self.failed_for_stragglers_only(answer, batch):
                 raise Stop(
                     RolloutVerdict.FAILED,
                     f"control plane reported batch {number} failed: {answer.error}; "
@@ -283,9 +291,23 @@ class _Driver:
         if coverage.over_budget(len(spent), plan.budget):
             tolerance = coverage.tolerance_message(len(spent), plan.budget)
             raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({', '.join(spent)})")
-        if not answer.succeeded:
+        if not answer.succeeded and not self.failed_for_stragglers_only(answer, plan.scope):
             raise Stop(RolloutVerdict.FAILED, f"control plane reported the fleet call failed: {answer.error}")
         self.finish(spent)
+
+    def failed_for_stragglers_only(self, answer: Answer, slugs: list[str]) -> bool:
+        """An older control plane answers 500 whenever any tenant failed, whatever max_stragglers says.
+        When its rows cover every tenant of the call and the only failures are stragglers the budget
+        allows (checked before this), the rollout goes on, with a notice."""
+        covered = {row["slug"] for row in answer.rows} >= set(slugs)
+        stragglers = [s for s in slugs if self.result.tenants[s].outcome == Outcome.STRAGGLER]
+        if answer.status != 500 or not covered or not stragglers:
+            return False
+        runner.notice(
+            f"the control plane answered HTTP 500 for stragglers the budget allows ({', '.join(stragglers)}), "
+            "as an older control plane does; the rollout goes on"
+        )
+        return True
 
     def planned(self, calls: int) -> None:
         """A dry run's verdict, and its plan in the log: which tenants in which call, in order."""

@@ -552,4 +552,39 @@ def test_cp_that_widens_a_real_call_halts_the_rollout_after_that_call(rollout, s
     assert run.report["outside_scope"] == ["acme", "cobalt", "dune"]
     assert "Touched outside the call's scope" in run.summary and "`cobalt`" in run.summary
     outcomes = {t["slug"]: t["outcome"] for t in run.report["tenants"]}
-    assert outcomes == {"acme": "redeployed", "birch": "redeployed", "cobalt": "not-attempted", "dune": "not-attempted"}
+    # the widened call's rows for cobalt and dune say what it did to them: they are not left as untouched
+    assert outcomes == {"acme": "redeployed", "birch": "redeployed", "cobalt": "redeployed", "dune": "redeployed"}
+
+
+def test_an_older_control_planes_500_for_stragglers_within_the_budget_lets_the_rollout_go_on(rollout, serve):
+    # An older control plane answers 500 whenever any tenant failed, whatever max_stragglers says.
+    def older(conn):
+        slugs = conn.request.json()["only_slugs"]
+        rows = [{"slug": s, "phase": "batch-1", "verified_on_target": s != "birch"} for s in slugs]
+        ok = all(r["verified_on_target"] for r in rows)
+        json_reply({"ok": ok, "error": None if ok else "a tenant failed", "results": rows}, 200 if ok else 500)(conn)
+
+    cp = serve({DRY: dry_runs("acme", "birch", "cobalt"), REDEPLOY: older})
+    run = rollout(cp.url, "--max-stragglers", "1", "--batch-size", "2")
+    assert run.code == 0, run.log
+    assert run.report["rollout"]["verdict"] == "shipped-with-quarantine" and run.report["stragglers"] == ["birch"]
+    assert len(real_calls(cp)) == 2  # the 500 of batch 1 did not halt batch 2
+    assert any("answered HTTP 500 for stragglers the budget allows (birch)" in line for line in run.log.splitlines())
+    strict = rollout(cp.url, "--max-stragglers", "0", "--batch-size", "2")
+    assert strict.code == 1 and strict.report["rollout"]["verdict"] == "systemic"
+
+
+def test_a_500_without_a_row_for_every_tenant_still_fails_the_rollout(rollout, serve):
+    answer = {"ok": False, "error": "halted", "results": [{"slug": "acme", "verified_on_target": True}]}
+    cp = serve({DRY: dry_runs("acme", "birch", "cobalt"), REDEPLOY: json_reply(answer, 500)})
+    run = rollout(cp.url, "--max-stragglers", "1", "--batch-size", "3")
+    rollout.fault(run, "2 stragglers, max tolerated 1")
+
+
+def test_a_429_that_outlasts_the_retries_leaves_the_call_not_attempted_not_unknown(rollout, serve, fast_retries):
+    busy = reply(429, '{"error": "busy"}')
+    cp = serve({DRY: dry_runs("acme", "birch"), REDEPLOY: busy})
+    run = rollout(cp.url, "--cp-timeout-seconds", "5")
+    rollout.fault(run, "HTTP 429", "gave up after 4 attempts")
+    assert "outcome is unknown" not in run.errors()[0]  # a 429 was turned away: nothing was done
+    assert {t["outcome"] for t in run.report["tenants"]} == {"not-attempted"}

@@ -226,6 +226,7 @@ def test_the_recovery_command_redeploys_and_verifies_the_named_tenant_after_it_i
     run = rollout(sb, "--canary-slug", "acme", "--max-stragglers", "1", "--tenant-url-template", sb.tenant_url_template)
     assert run.code == 0 and json.loads(run.outputs["stragglers"]) == ["reno-stars"]
     line = next(line for line in run.summary.splitlines() if line.startswith("CP_TOKEN=..."))
+    assert run.report["recovery"] == line  # the report holds the same command
     command = shlex.split(line.removeprefix("CP_TOKEN=... "))
     assert command[:3] == ["python", "-m", "rollout"] and "--verify" in command and "--expected-sha" in command
     sb.set_behaviour("reno-stars", "healthy")  # its data volume was recreated
@@ -280,10 +281,19 @@ def test_a_systemic_halt_is_surveyed_every_tenants_build_reported_and_the_step_s
     assert tenants["acme"]["state"] == "verified" and tenants["acme"]["next_step"] is None
     assert "Fleet survey after a failed rollout" in run.summary and "### Who runs which build" in run.summary
     assert "### Next steps" in run.summary
-    assert any("survey after a failed rollout (systemic)" in line for line in run.errors())
+    # one failure, one ::error:: (the rollout's); the survey's verdict is a warning
+    assert len(run.errors()) == 1 and "systemic failure" in run.errors()[0]
+    assert any("survey after a failed rollout (systemic)" in line for line in run.warnings())
 
 
 def test_a_rollout_that_failed_before_touching_the_fleet_is_not_surveyed(start, rollout):
     sb = start("ignores-scope")
     run = rollout(sb, "--tenant-url-template", sb.tenant_url_template, "--verify", "true")
     assert run.code == 1 and run.outputs["verify"] == "false" and "verify" not in run.report
+
+
+def test_a_head_too_short_to_name_a_commit_is_unreadable_not_a_newer_run(start, rollout):
+    sb = start(with_forge("clean", head="abc"))
+    run = rollout(sb)
+    assert run.code == 0 and run.outputs["superseded"] == "" and len(bodies(sb)) == 3
+    assert any("no commit sha of 7 to 64 hex digits" in line for line in run.log.splitlines())

@@ -175,6 +175,8 @@ def test_classify_follows_the_verdict_table():
     assert verdict.classify(Reply(status=200), ok, "abcdef0").state == "stale"
     assert verdict.classify(Reply(status=302), ok, SHA).reason == "healthz answered HTTP 302 (redirect, not followed)"
     assert verdict.classify(Reply(error="timed out"), ok, SHA).state == "unreachable"
+    dev = verdict.classify(Reply(status=200), Reply(status=200, body=b'{"git_sha": "dev"}'), SHA)
+    assert (dev.state, dev.reason, dev.build) == ("stale", f"serves build dev, expected {SHA[:12]}", "dev")
     for build, why in [
         (Reply(status=500), "buildinfo answered HTTP 500"),
         (Reply(status=200, body=b"<html>"), "not JSON"),
@@ -326,3 +328,15 @@ def test_a_closed_pipe_ends_the_output_quietly_and_the_step_still_writes_its_rep
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert helped.stderr == "" and helped.stdout.startswith("usage: python -m verify")
+
+
+def test_verify_run_again_on_its_own_report_decides_ok_afresh(start, verify, tmp_path):
+    spec = deployed("acme", "birch")
+    spec["tenants"][1].update(behaviour="slow", ready_after=1.5)
+    sb = start(spec)
+    path = str(tmp_path / "again.json")
+    first = verify(sb, "--slugs", "acme,birch", "--verify-timeout-seconds", "0.5", report=path)
+    assert first.code == 1 and first.outputs["ok"] == "false"
+    second = verify(sb, "--slugs", "acme,birch", "--verify-timeout-seconds", "10", report=path)
+    assert second.code == 0 and second.outputs["ok"] == "true"  # not the first run's false, read back
+    assert second.report["ok"] is True and second.report["message"].startswith("all 2 tenants verified")

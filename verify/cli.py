@@ -13,6 +13,7 @@ from typing import Any
 from fleet import runner, step
 from fleet.forge import Where, forge_for, read_head
 from fleet.inputs import StepInputs
+from fleet.runner import EXIT_TERMINATED
 from fleet.vocabulary import State, counted
 from verify import poll, summary, verdict
 from verify.settings import Fleet, Settings, fleet_from, read_report, settings_from
@@ -98,7 +99,10 @@ class Verify(step.Step):
 
     def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
         seen, fleet = self.seen, self.fleet
-        counts = verdict.counts(seen) if self.polled is not None else None  # None: it never polled
+        # None when it never polled, or broke off part-way for another reason than SIGTERM (whose
+        # partial verdicts are kept): counts would claim tenants it never judged.
+        broke = failure is not None and failure.code != EXIT_TERMINATED
+        counts = verdict.counts(seen) if self.polled is not None and not broke else None
         steps = {slug: verdict.next_step(s, fleet.outcomes.get(slug)) for slug, s in seen.items()}
         failing = [(slug, s) for slug, s in seen.items() if s.state.failing]
         ok = failure is None and not failing and not fleet.survey
@@ -117,6 +121,8 @@ class Verify(step.Step):
         return step.Ending(
             ok=ok,
             message=f"verify: {message}",
+            # A survey fails the step, but the rollout's ::error:: already named the failure.
+            error=not fleet.survey,
             report_path=self.write_to or given.values["report"] or VERIFY_REPORT,
             report=doc,
             outputs={
@@ -148,8 +154,10 @@ class Verify(step.Step):
             "elapsed_seconds": round(time.monotonic() - self.started, 3),
         }
         # The run's verdict, decided here once: the rollout's (when there is one) and verify's.
-        doc["ok"] = bool(doc.get("ok", True)) and ok if self.doc is not None else ok
-        doc["message"] = message if not ok or self.doc is None else doc.get("message", message)
+        rollout = doc.get("rollout") if self.doc is not None else None
+        rollout_ok = bool(rollout.get("ok")) if isinstance(rollout, dict) else True
+        doc["ok"] = rollout_ok and ok
+        doc["message"] = rollout["message"] if ok and isinstance(rollout, dict) else message
         return doc
 
 
