@@ -16,7 +16,7 @@ from fleet.inputs import StepInputs
 from fleet.runner import EXIT_TERMINATED
 from fleet.vocabulary import State, counted
 from verify import poll, summary, verdict
-from verify.settings import Fleet, Settings, fleet_from, read_report, settings_from
+from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
 
 NAMES = (
@@ -42,7 +42,7 @@ class Verify(step.Step):
         self.doc: dict[str, Any] | None = None
         self.write_to = ""
         self.settings: Settings | None = None
-        self.fleet = Fleet([], [], "")
+        self.scope = Scope([], [], "")
         self.polled: poll.Fleet | None = None
         self.seen: dict[str, Seen] = {}
 
@@ -63,53 +63,53 @@ class Verify(step.Step):
                 return None
             return read_head(forge, where, settings.expected_sha, "superseded-check")
 
-        fleet = self.fleet = fleet_from(values, self.doc)
-        held = set(fleet.quarantined)  # exact, whole-string match: `reno` is not `reno-stars`
-        targets = [s for s in fleet.scope if s not in held]
-        if fleet.survey:
+        scope = self.scope = scope_from(values, self.doc)
+        held = set(scope.quarantined)  # exact, whole-string match: `reno` is not `reno-stars`
+        targets = [s for s in scope.tenants if s not in held]
+        if scope.survey:
             runner.log(
-                f"survey after a failed rollout ({runner.plain(fleet.survey)}): reading the build of "
+                f"survey after a failed rollout ({runner.plain(scope.survey)}): reading the build of "
                 f"{counted(len(targets), 'tenant')} in its scope; this step stays failed"
             )
         else:
             runner.log(
-                f"verify: {counted(len(targets), 'tenant')} from {fleet.source} must serve {settings.expected_sha}; "
-                f"{len(held & set(fleet.scope))} quarantined; deadline {settings.timeout:g} s, "
+                f"verify: {counted(len(targets), 'tenant')} from {scope.source} must serve {settings.expected_sha}; "
+                f"{len(held & set(scope.tenants))} quarantined; deadline {settings.timeout:g} s, "
                 f"poll every {settings.interval:g} s"
             )
-        for slug in fleet.quarantined:
+        for slug in scope.quarantined:
             runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
-        self.seen = {slug: verdict.quarantined() for slug in fleet.scope if slug in held}
-        self.polled = poll.Fleet(targets, {}, done=verdict.ANSWERED if fleet.survey else verdict.DONE)
+        self.seen = {slug: verdict.quarantined() for slug in scope.tenants if slug in held}
+        self.polled = poll.Fleet(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
         head = heads()
         poll.poll(
             settings.tenants.client(settings.concurrency), self.polled, settings.expected_sha, head,
             timeout=settings.timeout, interval=settings.interval, concurrency=settings.concurrency,
             progress=_progress,
         )  # fmt: skip
-        self.seen = {slug: self.polled.seen.get(slug) or self.seen[slug] for slug in fleet.scope}
+        self.seen = {slug: self.polled.seen.get(slug) or self.seen[slug] for slug in scope.tenants}
         if any(s.state == State.STALE for s in self.seen.values()):
             self.seen = _ahead(self.seen, settings.expected_sha, head, heads)
 
     def stopped(self, signal: runner.Terminated) -> str:
         if self.polled is not None:
             stopped = Seen(State.UNREACHABLE, "not verified before the step was stopped")
-            self.seen = {s: self.polled.seen.get(s) or self.seen.get(s) or stopped for s in self.fleet.scope}
+            self.seen = {s: self.polled.seen.get(s) or self.seen.get(s) or stopped for s in self.scope.tenants}
         return f"{signal} before the deadline; verdicts are partial"
 
     def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
-        seen, fleet = self.seen, self.fleet
+        seen, scope = self.seen, self.scope
         # None when it never polled, or broke off part-way for another reason than SIGTERM (whose
         # partial verdicts are kept): counts would claim tenants it never judged.
         broke = failure is not None and failure.code != EXIT_TERMINATED
         counts = verdict.counts(seen) if self.polled is not None and not broke else None
-        steps = {slug: verdict.next_step(s, fleet.outcomes.get(slug)) for slug, s in seen.items()}
+        steps = {slug: verdict.next_step(s, scope.outcomes.get(slug)) for slug, s in seen.items()}
         failing = [(slug, s) for slug, s in seen.items() if s.state.failing]
-        ok = failure is None and not failing and not fleet.survey
+        ok = failure is None and not failing and not scope.survey
         if failure:
             message = failure.message
-        elif fleet.survey:
-            message = _survey_message(fleet, seen)
+        elif scope.survey:
+            message = _survey_message(scope, seen)
         elif failing:
             named = ", ".join(f"{slug} ({s.state}: {s.reason})" for slug, s in failing[:NAME_LIMIT])
             more = f" and {len(failing) - NAME_LIMIT} more" if len(failing) > NAME_LIMIT else ""
@@ -122,7 +122,7 @@ class Verify(step.Step):
             ok=ok,
             message=f"verify: {message}",
             # A survey fails the step, but the rollout's ::error:: already named the failure.
-            error=not fleet.survey,
+            error=not scope.survey,
             report_path=self.write_to or given.values["report"] or VERIFY_REPORT,
             report=doc,
             outputs={
@@ -130,7 +130,7 @@ class Verify(step.Step):
                 "verified-count": str(section["counts"]["verified"]) if counts else "",
                 "failed-count": str(section["counts"]["failed"]) if counts else "",
             },
-            summary=summary.render(ok, message, seen, counts, steps, survey=fleet.survey),
+            summary=summary.render(ok, message, seen, counts, steps, survey=scope.survey),
         )
 
     def _report(
@@ -140,13 +140,13 @@ class Verify(step.Step):
         tenants = []
         for slug, s in self.seen.items():
             record = s.record(slug) | {"next_step": steps.get(slug)}
-            if self.fleet.survey:
-                record["rollout_outcome"] = self.fleet.outcomes.get(slug)
+            if self.scope.survey:
+                record["rollout_outcome"] = self.scope.outcomes.get(slug)
             tenants.append(record)
         doc["verify"] = {
             "ok": ok,
-            "verdict": "survey" if self.fleet.survey else ("passed" if ok else "failed"),
-            "mode": "survey" if self.fleet.survey else "verify",
+            "verdict": "survey" if self.scope.survey else ("passed" if ok else "failed"),
+            "mode": "survey" if self.scope.survey else "verify",
             "message": message,
             "expected_sha": self.settings.expected_sha if self.settings else "",
             "counts": counts or verdict.counts({}),
@@ -184,11 +184,11 @@ def _ahead(seen: dict[str, Seen], expected: str, head: str | None, heads: Callab
     }
 
 
-def _survey_message(fleet: Fleet, seen: dict[str, Seen]) -> str:
+def _survey_message(scope: Scope, seen: dict[str, Seen]) -> str:
     on_target = sum(1 for s in seen.values() if s.state.passing)
-    untouched = sum(1 for slug in seen if fleet.outcomes.get(slug) == "not-attempted")
+    untouched = sum(1 for slug in seen if scope.outcomes.get(slug) == "not-attempted")
     return (
-        f"survey after a failed rollout ({fleet.survey}): {on_target} of {counted(len(seen), 'tenant')} on the target "
+        f"survey after a failed rollout ({scope.survey}): {on_target} of {counted(len(seen), 'tenant')} on the target "
         f"build, {untouched} never reached by the rollout; the step stays failed"
     )
 

@@ -45,11 +45,11 @@ def settings_from(values: Mapping[str, str]) -> Settings:
 
 
 @dataclass(frozen=True)
-class Fleet:
+class Scope:
     """What verify covers: the tenants, the quarantined ones, where they came from, and, in a survey
     after a failed rollout, what the rollout did to each."""
 
-    scope: list[str]
+    tenants: list[str]
     quarantined: list[str]
     source: str
     survey: str = ""  # the failed rollout's verdict, when this is a survey
@@ -67,7 +67,7 @@ def read_report(path: str, elsewhere: bool) -> dict[str, Any] | None:
     raise ContractError(f"--report {show(path)} does not exist: verify reads the rollout's report from it")
 
 
-def fleet_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Fleet:
+def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
     """The tenants to verify and the quarantined ones. A rollout that touched the fleet and then failed
     is surveyed: every tenant in its scope is read, none skipped."""
     if doc is not None and "rollout" in doc:
@@ -80,16 +80,16 @@ def fleet_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Fleet:
         verdict = str(rollout.get("verdict", RolloutVerdict.FAILED))
         if not rollout.get("ok") and rollout.get("touched") and not plan.get("dry_run"):
             outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
-            return Fleet(scope, [], "the failed rollout's report", verdict, outcomes)
+            return Scope(scope, [], "the failed rollout's report", verdict, outcomes)
         if not rollout.get("ok") or plan.get("dry_run") or verdict == RolloutVerdict.SUPERSEDED:
             raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
-        return Fleet(scope, list(doc.get("stragglers", [])), "the rollout's report")
+        return Scope(scope, list(doc.get("stragglers", [])), "the rollout's report")
     if values["response"]:
         _ignored(values, "the tenants and the quarantine come from --response", "slugs", "stragglers")
-        return Fleet(*read_response(values["response"]), "the control plane's answer")
+        return Scope(*read_response(values["response"]), "the control plane's answer")
     if values["slugs"]:
         slugs = contract.parse_slug_list(values["slugs"], "slugs")
-        return Fleet(slugs, parse_stragglers(values["stragglers"]), "--slugs")
+        return Scope(slugs, parse_stragglers(values["stragglers"]), "--slugs")
     raise ContractError(
         "no tenants to verify: give --report (the rollout's report), --response (a redeploy-fleet answer) or --slugs"
     )
