@@ -284,7 +284,7 @@ class ControlPlane:
                         retry += 1
                         continue
                     raise NothingDone(cause + stop) from None
-                raise CPError(self._transport_message(exc, dry)) from None
+                raise CPError(self._transport_message(exc, dry, deadline - start)) from None
             except http.BodyError as exc:
                 raise CPError(f"control plane answer to POST {REDEPLOY_PATH}: {exc}{unknown}") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -314,10 +314,12 @@ class ControlPlane:
         time.sleep(wait)
         return None
 
-    def _transport_message(self, exc: requests.RequestException, dry: bool) -> str:
+    def _transport_message(self, exc: requests.RequestException, dry: bool, allowed: float) -> str:
         unknown = "" if dry else _UNKNOWN
         if isinstance(exc, requests.ReadTimeout):
-            return f"no answer from the control plane within {self.timeout:g} s after POST {REDEPLOY_PATH} was sent" + (
+            # `allowed`: cp-timeout-seconds, or less when the rollout's own deadline came first.
+            waited = f"{round(allowed, 1):g} s"
+            return f"no answer from the control plane within {waited} after POST {REDEPLOY_PATH} was sent" + (
                 unknown or " (a dry run: nothing was deployed)"
             )
         return f"control plane call POST {REDEPLOY_PATH} failed: {http.describe(exc)}{unknown}"
