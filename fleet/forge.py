@@ -67,6 +67,7 @@ class Forge:
 
     def branch_head(self, where: Where) -> str:
         """The sha the branch points at: GitHub answers commit.sha, Gitea commit.id."""
+        self._usable()
         if not where.branch:
             raise ForgeError("the run's ref is not a branch")
         doc = self._read(f"/repos/{self._repo(where)}/branches/{quote(where.branch, safe='')}", "the branch head")
@@ -78,6 +79,7 @@ class Forge:
 
     def variable(self, where: Where, name: str) -> str | None:
         """A repository Actions variable's value (GitHub: value, Gitea: data); None when it is unset (404)."""
+        self._usable()
         path = f"/repos/{self._repo(where)}/actions/variables/{quote(name, safe='')}"
         doc = self._read(path, f"the variable {name}", missing_ok=True)
         if doc is None:
@@ -87,6 +89,10 @@ class Forge:
             raise ForgeError(f"the variable {name}'s answer has no value (value or data)")
         return value
 
+    def _usable(self) -> None:
+        if not self.api_url:
+            raise ForgeError("api-url is empty")
+
     def _repo(self, where: Where) -> str:
         owner, _, name = where.repository.partition("/")
         if not owner or not name:
@@ -94,8 +100,6 @@ class Forge:
         return f"{quote(owner, safe='')}/{quote(name, safe='')}"
 
     def _read(self, path: str, what: str, missing_ok: bool = False) -> Any:
-        if not self.api_url:
-            raise ForgeError("api-url is empty")
         deadline = time.monotonic() + READ_SECONDS
         try:
             with http.answer_by(deadline):
@@ -121,22 +125,13 @@ class Forge:
             raise ForgeError(runner.scrub(str(exc))) from None
 
 
-def read_head(forge: Forge | None, where: Where, expected_sha: str | None, why: str) -> str | None:
+def read_head(forge: Forge, where: Where, expected_sha: str | None, why: str) -> str | None:
     """The deployed branch's head, or None with a ::notice:: saying why it cannot be had: then nothing
     is superseded, and nothing is excused on a guess."""
     try:
         if not expected_sha:
             raise ForgeError("no expected-sha to compare with")
-        if forge is None:
-            raise ForgeError("api-url is empty")
         return forge.branch_head(where)
     except ForgeError as exc:
         runner.notice(f"{why}: the branch head could not be read ({runner.plain(exc)}); nothing is superseded")
         return None
-
-
-def forge_for(api_url: str, api_token: str, *, allow_http: bool, ca_bundle: str | None) -> Forge | None:
-    """A client for the forge's API, or None when there is no API to read."""
-    if not api_url:
-        return None
-    return Forge(http.check_url(api_url, "api-url", allow_http), api_token, allow_http=allow_http, ca_bundle=ca_bundle)

@@ -75,3 +75,9 @@ class State(Word):
 def counted(count: int, noun: str) -> str:
     """`1 tenant`, `2 tenants`: a count with its noun in the right number."""
     return f"{count} {noun}{'' if count == 1 else 'es' if noun.endswith('ch') else 's'}"
+
+
+def listed(items: list[str], limit: int = 10) -> str:
+    """`a, b, c`, and past `limit` items `... and N more`: a list named in one line."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -12,7 +12,7 @@ from fleet import runner
 from fleet.contract import ContractError, show
 from fleet.cp import Answer, ControlPlane, CPError, CPRefused, NothingDone
 from fleet.tenant import REQUEST_SECONDS, health_problem
-from fleet.vocabulary import Outcome, RolloutVerdict, counted
+from fleet.vocabulary import Outcome, RolloutVerdict, counted, listed
 from rollout import coverage
 from rollout import plan as planning
 from rollout.coverage import Tenant
@@ -106,15 +106,10 @@ def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, gate
     return driver.result
 
 
-def _names(slugs: list[str], limit: int = 10) -> str:
-    more = f" and {len(slugs) - limit} more" if len(slugs) > limit else ""
-    return ", ".join(slugs[:limit]) + more
-
-
 def _cannot_scope(body: dict, what: str) -> Stop:
     return Stop(
         RolloutVerdict.CANNOT_SCOPE,
-        f"the control plane cannot scope a call: asked for only_slugs {_names(body['only_slugs'])} in a dry run, "
+        f"the control plane cannot scope a call: asked for only_slugs {listed(body['only_slugs'])} in a dry run, "
         f"{runner.plain(what)}; nothing was deployed: use mode: fleet with this control plane",
         "not attempted: the control plane cannot scope a call",
     )
@@ -156,7 +151,7 @@ class _Driver:
         self.take(tenants)
         if outside and "only_slugs" in body:
             if dry:
-                raise _cannot_scope(body, f"its dry run answered for {_names(outside)} too")
+                raise _cannot_scope(body, f"its dry run answered for {listed(outside)} too")
             self.result.outside += [s for s in outside if s not in self.result.outside]
             # Tenants of the rollout the widened call reached are judged by their rows, not left as
             # untouched: the control plane says what it did to them.
@@ -164,13 +159,13 @@ class _Driver:
             self.take(coverage.assess(reached, answer.document)[0])
             raise Stop(
                 RolloutVerdict.WIDENED,
-                f"the control plane widened {what} beyond its only_slugs, redeploying {_names(outside)}; "
+                f"the control plane widened {what} beyond its only_slugs, redeploying {listed(outside)}; "
                 "halted: this control plane ignores only_slugs, so use mode: fleet with it",
                 f"not attempted: the rollout halted when {what} widened",
             )
         if outside:
             self.result.notes.append(
-                f"the control plane answered for tenants its dry run did not list: {_names(outside)}"
+                f"the control plane answered for tenants its dry run did not list: {listed(outside)}"
             )
         if dry and not answer.succeeded:  # a plan the control plane rejects would not hold
             raise Stop(RolloutVerdict.FAILED, f"control plane rejected the dry run of {what}: {answer.error}")
@@ -187,8 +182,8 @@ class _Driver:
         answered = [row["slug"] for row in answer.rows]
         extra = [s for s in answered if s not in slugs]
         missing = [s for s in slugs if s not in answered]
-        said = [f"answered for {_names(extra)} too"] if extra else []
-        said += [f"did not answer for {_names(missing)}"] if missing else []
+        said = [f"answered for {listed(extra)} too"] if extra else []
+        said += [f"did not answer for {listed(missing)}"] if missing else []
         if said:
             raise _cannot_scope(body, "it " + ", ".join(said))
 

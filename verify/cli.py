@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet import runner, step
-from fleet.forge import Where, forge_for, read_head
+from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_TERMINATED
-from fleet.vocabulary import State, counted
+from fleet.vocabulary import State, counted, listed
 from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
@@ -26,7 +26,6 @@ NAMES = (
 )  # fmt: skip
 
 VERIFY_REPORT = "fleet-verify-report.json"  # without --report: never the rollout's default file
-NAME_LIMIT = 10  # tenants named in the one-line error before "and N more"
 
 
 class Verify(step.Step):
@@ -54,7 +53,7 @@ class Verify(step.Step):
             self.doc = read_report(values["report"], elsewhere=bool(values["slugs"] or values["response"]))
             self.write_to = values["report"]
         settings = self.settings = settings_from(values)
-        forge = forge_for(settings.api_url, given.api_token, allow_http=settings.tenants.allow_http,
+        forge = Forge(settings.api_url, given.api_token, allow_http=settings.tenants.allow_http,
                           ca_bundle=settings.tenants.ca_bundle)  # fmt: skip
         where = Where.from_environment(os.environ)
 
@@ -111,9 +110,8 @@ class Verify(step.Step):
         elif scope.survey:
             message = _survey_message(scope, seen)
         elif failing:
-            named = ", ".join(f"{slug} ({s.state}: {s.reason})" for slug, s in failing[:NAME_LIMIT])
-            more = f" and {len(failing) - NAME_LIMIT} more" if len(failing) > NAME_LIMIT else ""
-            message = f"{len(failing)} of {counted(len(seen), 'tenant')} failed verification: {named}{more}"
+            named = listed([f"{slug} ({s.state}: {s.reason})" for slug, s in failing])
+            message = f"{len(failing)} of {counted(len(seen), 'tenant')} failed verification: {named}"
         else:
             message = _passed_message(self.settings, counts)
         doc = self._report(ok, message, counts, steps)
