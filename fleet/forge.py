@@ -14,19 +14,29 @@ from urllib.parse import quote
 import urllib3
 
 from fleet import contract, http, runner
-from fleet.contract import ContractError
+from fleet.contract import ContractError, show
 from fleet.tenant import default_ca
 
 READ_SECONDS = 5.0
 MAX_BODY = 256 * 1024
 USER_AGENT = "fleet-rollout/0.2 (forge)"
 
-# What a kill switch (a variable or PROD_AUTO_DEPLOY_DISABLED) reads as "on".
+# What a kill switch (a variable or PROD_AUTO_DEPLOY_DISABLED) reads as "on" and as "off", trimmed and in
+# any case. Any other value is on too: a switch someone set to "stop" or "paused" meant it.
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "disable", "disabled"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 
 def switched_on(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in TRUE_WORDS
+    """Whether a kill switch halts: unset and the false words go; everything else halts (fail closed)."""
+    return value is not None and value.strip().lower() not in FALSE_WORDS
+
+
+def switch_words(value: str) -> str:
+    """The switch's value as a message quotes it, saying so when it was not one of the known words."""
+    if value.strip().lower() in TRUE_WORDS:
+        return show(value)
+    return f"{show(value)}, which is neither on nor off, so it halts (fail closed)"
 
 
 def same_commit(a: str, b: str) -> bool:

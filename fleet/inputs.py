@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -131,11 +132,22 @@ def _secret(raw: str) -> str:
 
 
 def ca_bundle(text: str) -> str | None:
-    """A CA bundle that exists and can be read, or None for the default CA set."""
+    """A CA bundle that exists, can be read and holds at least one PEM certificate, or None for the
+    default CA set. Checked before any call: a bad bundle found only at the first TLS handshake would
+    fail every tenant's verify after the fleet had moved."""
     if not text:
         return None
     if not os.path.isfile(text) or not os.access(text, os.R_OK):
         raise ContractError(f"ca-bundle {show(text)} is not a readable file")
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=text)
+    except (ssl.SSLError, OSError, ValueError):
+        certificates = 0
+    else:
+        certificates = context.cert_store_stats()["x509"]
+    if not certificates:
+        raise ContractError(f"ca-bundle {show(text)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     return text
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fleet.contract import show
-from fleet.forge import Forge, ForgeError, Where, read_head, same_commit, switched_on
+from fleet.forge import Forge, ForgeError, Where, read_head, same_commit, switch_words, switched_on
 from fleet.vocabulary import RolloutVerdict
 from rollout.plan import Settings
 
@@ -31,7 +31,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
     """PROD_AUTO_DEPLOY_DISABLED set true means nothing is deployed, not even a dry run is sent."""
     value = environ.get(ENV_SWITCH)
     if switched_on(value):
-        raise Stop(RolloutVerdict.HALTED, f"{ENV_SWITCH} is {show(value)}: deploying is disabled, nothing was deployed")
+        assert value is not None
+        raise Stop(
+            RolloutVerdict.HALTED,
+            f"{ENV_SWITCH} is {switch_words(value)}: deploying is disabled, nothing was deployed",
+        )
 
 
 @dataclass
@@ -62,7 +66,10 @@ class Gate:
                 "needs permission to read Actions variables (on GitHub, a token other than github.token)",
             ) from None
         if switched_on(value):
-            raise Stop(RolloutVerdict.HALTED, f"halted before {what}: the kill switch variable {name} is {show(value)}")
+            assert value is not None
+            raise Stop(
+                RolloutVerdict.HALTED, f"halted before {what}: the kill switch variable {name} is {switch_words(value)}"
+            )
 
     def _check_head(self) -> None:
         head = read_head(self.forge, self.where, self.expected_sha, "superseded-check")

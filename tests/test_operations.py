@@ -191,10 +191,31 @@ def test_the_environments_switch_deploys_nothing_at_all(start, rollout, monkeypa
     assert len(run.errors()) == 1 and f"{SWITCH} is {value!r}" in run.errors()[0]
 
 
-def test_the_environments_switch_set_false_changes_nothing(start, rollout, monkeypatch):
+@pytest.mark.parametrize("value", ["false", "FALSE", " off ", "0", "No", ""])
+def test_the_environments_switch_set_false_changes_nothing(start, rollout, monkeypatch, value):
     sb = start(with_forge("clean"))
-    monkeypatch.setenv(SWITCH, "false")
+    monkeypatch.setenv(SWITCH, value)
     assert rollout(sb).code == 0 and len(bodies(sb)) == 3
+
+
+@pytest.mark.parametrize("value", ["stop", "y", "paused"])
+def test_a_switch_value_that_is_neither_on_nor_off_halts_naming_it(start, rollout, monkeypatch, value):
+    sb = start(with_forge("clean"))
+    monkeypatch.setenv(SWITCH, value)
+    run = rollout(sb)
+    assert run.code == 1 and sb.cp_calls == [] and run.report["rollout"]["verdict"] == "halted"
+    assert len(run.errors()) == 1 and f"{SWITCH} is {value!r}, which is neither on nor off" in run.errors()[0]
+
+
+@pytest.mark.parametrize("value, halts", [("stop", True), (" Off ", False), ("DISABLED", True)])
+def test_the_switch_variable_reads_its_value_like_the_environments(start, rollout, value, halts):
+    sb = start(with_forge("clean", variables={SWITCH: value}))
+    run = rollout(sb, "--kill-switch-variable", SWITCH)
+    if halts:
+        assert run.code == 1 and bodies(sb) == [] and run.report["rollout"]["verdict"] == "halted"
+        assert f"the kill switch variable {SWITCH} is {value!r}" in run.errors()[0]
+    else:
+        assert run.code == 0 and len(bodies(sb)) == 3
 
 
 def test_the_forge_token_stays_out_of_every_artefact(start, rollout, tmp_path):

@@ -337,6 +337,21 @@ def test_a_missing_ca_bundle_fails_before_any_call(start, rollout, tmp_path):
     assert sb.cp_calls == []
 
 
+@pytest.mark.parametrize(
+    "content",
+    ["not a certificate\n", "", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"],
+    ids=["text", "empty", "broken-pem"],
+)
+def test_a_ca_bundle_without_a_pem_certificate_fails_before_any_call(start, rollout, tmp_path, content):
+    sb = start("clean")
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_text(content)
+    run = rollout(sb, "--ca-bundle", str(bundle), "--tenant-url-template", sb.tenant_url_template)
+    assert run.code == 2 and sb.cp_calls == []
+    assert "holds no PEM certificate" in run.report["message"] and "private-ca.pem" in run.report["message"]
+    assert len(run.errors()) == 1 and "private-ca.pem" in run.errors()[0]
+
+
 @pytest.mark.parametrize("mode", ["scoped", "fleet"])
 def test_a_dry_run_the_control_plane_rejects_fails(start, rollout, mode):
     sb = start(scenario("acme", "birch", control_plane={"fault": "http_500", "on": "dry_run"}))
