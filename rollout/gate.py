@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fleet.contract import show
 from fleet.forge import Forge, ForgeError, Where, read_head, same_commit, switch_words, switched_on
 from fleet.vocabulary import RolloutVerdict
 from rollout.plan import Settings
