@@ -553,7 +553,7 @@ def test_canary_soaks_before_the_batches(start):
     caller = threading.Thread(target=lambda: seen.update(doc=call(sb, canary_slug="acme", soak_seconds=1).text))
     began = time.monotonic()
     caller.start()
-    deadline = time.monotonic() + 0.8
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and buildinfo(sb, "acme")["git_sha"] != NEW_SHA:
         time.sleep(0.02)
     assert buildinfo(sb, "acme")["git_sha"] == NEW_SHA  # canary moved ...
@@ -639,14 +639,20 @@ def test_tenants_before_a_redeploy_are_healthy_on_the_old_build(start):
 
 
 def test_slow_tenant_comes_up_after_ready_after(start):
-    sb = start({"tenants": [{"slug": "dune", "behaviour": "slow", "ready_after": 0.6}]})
+    ready_after = 2.0  # wide enough that the first reads come before it, even on a loaded machine
+    sb = start({"tenants": [{"slug": "dune", "behaviour": "slow", "ready_after": ready_after}]})
+    sent = time.monotonic()
     result = redeploy(sb)["results"][0]
     assert result["verified_on_target"] is True and result["healthz_ok"] is True
     assert healthz(sb, "dune") == 503
     assert buildinfo(sb, "dune")["git_sha"] == DEFAULT_OLD_SHA
     assert sb.state()["tenants"]["dune"]["pending_sha"] == NEW_SHA
-    time.sleep(0.65)
-    assert healthz(sb, "dune") == 200
+    # Wait for the event (healthy), bounded; it must not come before ready_after has passed.
+    deadline = sent + ready_after + 10
+    while healthz(sb, "dune") != 200:
+        assert time.monotonic() < deadline, "the slow tenant never came up"
+        time.sleep(0.05)
+    assert time.monotonic() - sent >= ready_after
     assert buildinfo(sb, "dune")["git_sha"] == NEW_SHA
 
 
