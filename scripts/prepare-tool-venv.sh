@@ -81,7 +81,9 @@ else
     echo "::error::$py -m venv failed: on Debian/Ubuntu install python3-venv, or add actions/setup-python before this action."
     exit 1
   fi
-  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  # No colour: a runner shows pip's escape codes as text, and a trailing reset code would glue itself to
+  # the next workflow command (`\x1b[0m::endgroup::`), which the runner then ignores.
+  export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_COLOR=1
   if [ -n "$runner" ]; then
     pip=("$build/bin/python" "$runner")
   else
@@ -96,12 +98,17 @@ else
   # --no-compile: compiling every installed module costs about 1 s; the first run compiles only the
   # modules it imports (about 0.25 s) and writes them into the venv for the runs after it.
   echo "::group::pip install --require-hashes --no-deps -r requirements.txt"
-  if ! "${pip[@]}" install --quiet --no-input --no-compile --require-hashes --no-deps -r "$requirements"; then
-    echo "::endgroup::"
+  # pip's output is captured and printed with a final newline, so each workflow command after it starts a
+  # fresh line whatever pip's last line was.
+  status=0
+  out=$("${pip[@]}" install --no-color --quiet --no-input --no-compile --require-hashes --no-deps -r "$requirements" 2>&1) ||
+    status=$?
+  if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+  echo "::endgroup::"
+  if [ "$status" -ne 0 ]; then
     echo "::error::pip could not install the action's hash-locked requirements (its message is above); the first run on a runner needs PyPI or the index PIP_INDEX_URL names"
     exit 1
   fi
-  echo "::endgroup::"
   # rename(2) refuses a non-empty target: when another job got there first, its venv is kept.
   if ! "$py" -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$build" "$venv" 2>/dev/null &&
     ! "$venv/bin/python" -c '' 2>/dev/null; then

@@ -376,11 +376,31 @@ def test_prepare_step_leaves_no_venv_behind_when_pip_fails(tmp_path):
 
     done = subprocess.run(
         [BASH, prepare_script()],
+        # FORCE_COLOR makes pip colour its messages even into a pipe, as it does under some runners.
         env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(tmp_path / "output"), "RUNNER_TEMP": str(tmp_path),
-             "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action)},
+             "RUNNER_TOOL_CACHE": str(tools), "GITHUB_ACTION_PATH": str(action), "FORCE_COLOR": "1"},
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stdout.splitlines()[-1].startswith("::error::pip could not install the action's hash-locked")
     assert "--require-hashes" in done.stdout + done.stderr  # pip's own reason is shown
     assert list((tools / "fleet-rollout").iterdir()) == []  # neither a venv nor a half-built one
+    # Every workflow command starts its own line, and no colour code is there to glue itself to one.
+    assert "\x1b" not in done.stdout + done.stderr
+    commands = [line for line in done.stdout.splitlines() if "::endgroup::" in line or "::error::" in line]
+    assert commands and all(line.startswith("::") for line in commands)
+
+
+@pytest.mark.act
+def test_the_demo_keeps_the_report_it_names(act, tmp_path, capsys):
+    from sandbox import demo
+
+    keep = tmp_path / "kept"
+    assert demo.main(["--keep", str(keep)]) == 0
+    out = capsys.readouterr().out
+    named = [line.split("report: ", 1)[1].strip() for line in out.splitlines() if "| report: " in line]
+    kept = list(keep.iterdir())
+    assert len(kept) == 1 and named and all(path == str(kept[0]) for path in named)
+    assert f"kept at {kept[0]}" in out
+    report = json.loads(kept[0].read_text())
+    assert report["stragglers"] == ["reno-stars"] and report["verify"]["ok"] is True
