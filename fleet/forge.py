@@ -143,5 +143,13 @@ def read_head(forge: Forge, where: Where, expected_sha: str | None, why: str) ->
             raise ForgeError("no expected-sha to compare with")
         return forge.branch_head(where)
     except ForgeError as exc:
-        runner.notice(f"{why}: the branch head could not be read ({runner.plain(exc)}); nothing is superseded")
+        message = f"{why}: the branch head could not be read ({runner.plain(exc)}); nothing is superseded"
+        if runner.under_runner():
+            runner.notice(message)
+        elif message not in _SAID:  # on a command line, plain text, and once per run
+            _SAID.add(message)
+            runner.log(f"note: {message}")
         return None
+
+
+_SAID: set[str] = set()

@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import ssl
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class Input:
     help: str
     action: str | None = ""
     flag: bool = True  # False: a token, read from the environment only
+    switch: bool = False  # a boolean: `--name` alone means true, `--name VALUE` reads VALUE
 
     @property
     def action_default(self) -> str | None:
@@ -54,7 +56,7 @@ INPUTS: dict[str, Input] = {
         ),
         Input("mode", "scoped", "scoped: one call per canary and batch; fleet: one call, the control plane drives"),
         Input("slugs", "", "limit to these tenants (comma or newline separated)"),
-        Input("dry-run", "false", "plan only, deploy nothing"),
+        Input("dry-run", "false", "plan only, deploy nothing", switch=True),
         Input("verify-timeout-seconds", "300", "verify deadline"),
         Input("poll-interval-seconds", "5", "seconds between polls of one tenant"),
         Input("concurrency", "32", "tenants polled at once"),
@@ -71,6 +73,7 @@ INPUTS: dict[str, Input] = {
             "superseded-check",
             "true",
             "stand down when the deployed branch has moved past expected-sha; pass tenants serving its head",
+            switch=True,
         ),
         Input(
             "kill-switch-variable",
@@ -78,11 +81,17 @@ INPUTS: dict[str, Input] = {
             "a repository Actions variable re-read before every real call; true halts the rollout",
         ),
         Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
-        Input("allow-http", "false", "allow plain http:// to hosts other than loopback"),
+        Input("allow-http", "false", "allow plain http:// to hosts other than loopback", switch=True),
         Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
         # The command line's own.
         Input("report", "", "path of the JSON report", None),
-        Input("verify", "false", "after the rollout, verify its tenants in the same run (the recovery command)", None),
+        Input(
+            "verify",
+            "false",
+            "after the rollout, verify its tenants in the same run (the recovery command)",
+            None,
+            switch=True,
+        ),
         Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), with --slugs", None),
         Input(
             "response",
@@ -115,12 +124,37 @@ class StepInputs:
         return self.token
 
 
-def read(prog: str, description: str, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
+@dataclass(frozen=True)
+class Usage:
+    """How a step's command line presents itself: its name (`python -m rollout`, or the console script's
+    when run as one), what it does, what it requires, and where its tokens come from."""
+
+    prog: str
+    description: str
+    script: str  # the console script's name (pyproject's [project.scripts])
+    required: Sequence[str] = ()
+    epilog: str = ""
+
+    def name(self, argv0: str) -> str:
+        return self.script if os.path.basename(argv0) == self.script else self.prog
+
+
+def read(usage: Usage, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
     """A step's inputs from its flags (or the action's variables) and the tokens from CP_TOKEN and
     API_TOKEN, registered for masking and scrubbing before anything is printed: the one place they are."""
     token, api_token = (_secret(os.environ.get(name, "")) for name in ("CP_TOKEN", "API_TOKEN"))
-    args = parser(prog, description, names).parse_args(argv)
-    return StepInputs(args.from_env, gather(args, names), token, api_token)
+    args = parser(usage, names).parse_args(argv)
+    values = gather(args, names)
+    if (
+        "superseded-check" in values
+        and not args.from_env
+        and getattr(args, "superseded-check") is None
+        and not values.get("api-url")
+        and not runner.under_runner()
+    ):
+        # On a command line with no forge named, a check nobody asked for cannot be made: off, and quiet.
+        values["superseded-check"] = "false"
+    return StepInputs(args.from_env, values, token, api_token)
 
 
 def _secret(raw: str) -> str:
@@ -155,18 +189,19 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper().replace("-", "_")
 
 
-def parser(prog: str, description: str, names: Sequence[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog="The control-plane token is read from the environment variable CP_TOKEN, and the forge's token "
-        "from API_TOKEN, never from a flag. The repository and branch come from GITHUB_REPOSITORY and "
-        "GITHUB_REF_NAME.",
-    )
+def parser(usage: Usage, names: Sequence[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=usage.name(sys.argv[0]), description=usage.description, epilog=usage.epilog)
     for name in names:
         item = INPUTS[name]
         default = f" (default: {item.default!r})" if item.default else ""
-        p.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE", help=item.help + default)
+        required = " (required)" if name in usage.required else ""
+        if item.switch:
+            p.add_argument(
+                f"--{name}", dest=name, default=None, nargs="?", const="true", metavar="true|false",
+                help=f"{item.help}; alone, true{default}",
+            )  # fmt: skip
+        else:
+            p.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE", help=item.help + required + default)
     p.add_argument(
         "--from-env",
         action="store_true",

@@ -23,6 +23,12 @@ def default_path() -> str:
     return DEFAULT_NAME
 
 
+def refused_path(path: str) -> str:
+    """Where a run that refused its inputs writes its report when `path` holds an earlier one."""
+    target = Path(path)
+    return str(target.with_name(f"{target.stem}.refused{target.suffix or '.json'}"))
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

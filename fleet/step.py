@@ -4,6 +4,7 @@ report, set the outputs, announce the verdict and write the summary."""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,7 @@ class Ending:
 
 
 class Step(ABC):
-    prog: str
-    description: str
+    usage: inputs.Usage
     names: Sequence[str]
 
     @abstractmethod
@@ -62,7 +62,7 @@ class Step(ABC):
 
 def run(step: Step, argv: Sequence[str] | None) -> int:
     try:
-        given = inputs.read(step.prog, step.description, step.names, argv)
+        given = inputs.read(step.usage, step.names, argv)
     except BrokenPipeError:  # `--help | head`: whoever read the output went away
         runner.stop_writing()
         return EXIT_OK
@@ -79,6 +79,12 @@ def run(step: Step, argv: Sequence[str] | None) -> int:
     except Exception as exc:  # noqa: BLE001 - the report and outputs are still written
         failure = Failure(runner.internal_error(exc), EXIT_FAILED)
     ending = step.end(given, failure)
+    code = EXIT_OK if ending.ok else failure.code if failure else EXIT_FAILED
+    if code == EXIT_BAD_INPUT and os.path.exists(ending.report_path):
+        # Exit 2 means nothing moved: the report an earlier run left at this path is kept.
+        ending.report_path = report.refused_path(ending.report_path)
+        if "report-path" in ending.outputs:
+            ending.outputs["report-path"] = ending.report_path
     report.write(ending.report_path, ending.report)
     runner.set_outputs(ending.outputs)
     for line in ending.warnings:
@@ -87,6 +93,4 @@ def run(step: Step, argv: Sequence[str] | None) -> int:
     say(runner.plain(ending.message))
     runner.write_summary(ending.summary)
     runner.log(f"report: {runner.plain(ending.report_path)}")
-    if ending.ok:
-        return EXIT_OK
-    return failure.code if failure else EXIT_FAILED
+    return code

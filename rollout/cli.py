@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fleet import report, runner, step
+from fleet import inputs, report, runner, step
 from fleet.cp import ControlPlane
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED
@@ -33,10 +33,15 @@ VERIFY_NAMES = (
 
 
 class Rollout(step.Step):
-    prog = "python -m rollout"
-    description = (
-        "Roll a build out across the fleet through the control plane: the canary first, then batches, "
-        "quarantining up to max-stragglers tenants that fail."
+    usage = inputs.Usage(
+        prog="python -m rollout",
+        description="Roll a build out across the fleet through the control plane: the canary first, then "
+        "batches, quarantining up to max-stragglers tenants that fail.",
+        script="fleet-rollout",
+        required=("cp-url", "target-tag"),
+        epilog="The control-plane token is read from the environment variable CP_TOKEN (required), and the "
+        "forge's token from API_TOKEN, never from a flag. The repository and branch come from "
+        "GITHUB_REPOSITORY and GITHUB_REF_NAME.",
     )
     names = NAMES
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 from faultservers import FaultServer
 
-from fleet import runner
+from fleet import forge, runner
 from sandbox import Sandbox
 
 
 @pytest.fixture(autouse=True)
 def forget_secrets():
-    """Each test starts with no registered secrets, as each step process does."""
+    """Each test starts with no registered secrets and nothing said once, as each step process does."""
     runner._SECRETS.clear()
+    forge._SAID.clear()
     yield
     runner._SECRETS.clear()
+    forge._SAID.clear()
 
 
 @pytest.fixture

@@ -72,7 +72,9 @@ def run_step(main, argv: list[str], *, tmp_path: Path, capsys, monkeypatch, toke
     log = capsys.readouterr().out
     report = None
     if "--report" in argv:
-        path = Path(argv[argv.index("--report") + 1])
+        # The step names where it wrote its report: a refused input never overwrites an earlier one.
+        written = [line.removeprefix("report: ") for line in log.splitlines() if line.startswith("report: ")]
+        path = Path(written[-1] if written else argv[argv.index("--report") + 1])
         if path.exists():
             report = json.loads(path.read_text())
             contract.validate("report", report, "report")

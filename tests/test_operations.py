@@ -106,12 +106,18 @@ def test_a_run_on_the_branch_head_deploys_and_says_nothing_is_superseded(start, 
     assert run.code == 0 and run.outputs["superseded"] == "" and len(bodies(sb)) == 3
 
 
-def test_an_unreadable_head_is_not_superseded_and_says_why(start, rollout):
+@pytest.mark.parametrize("under_runner", [True, False], ids=["runner", "command-line"])
+def test_an_unreadable_head_is_not_superseded_and_says_why(start, rollout, monkeypatch, under_runner):
     sb = start(with_forge("clean", head=None))  # the branch is unknown: 404
+    if under_runner:
+        monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    else:
+        monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     run = rollout(sb)
     assert run.code == 0 and len(bodies(sb)) == 3
-    notices = [line for line in run.log.splitlines() if line.startswith("::notice::")]
-    assert notices and "the branch head could not be read (reading the branch head answered HTTP 404)" in notices[0]
+    said = "superseded-check: the branch head could not be read (reading the branch head answered HTTP 404)"
+    lines = [line for line in run.log.splitlines() if said in line]
+    assert len(lines) == 1 and lines[0].startswith("::notice::" if under_runner else "note: ")
 
 
 def test_a_tenant_ahead_on_the_branchs_new_head_passes_as_superseded(start, verify):
@@ -142,7 +148,7 @@ def test_verify_with_an_unreadable_head_is_strict(start, verify):
     sb = start(with_forge(scenario("acme", "birch:stale", deployed_tag=TAG), head=None))
     run = verify(sb, "--slugs", "acme,birch")
     assert run.code == 1 and states(run)["birch"] == "stale"
-    assert any(line.startswith("::notice::superseded-check") for line in run.log.splitlines())
+    assert any(line.startswith("note: superseded-check") for line in run.log.splitlines())  # a command line
 
 
 # -- the kill switch -----------------------------------------------------------------------------------

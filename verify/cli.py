@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleet import runner, step
+from fleet import inputs, runner, step
 from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_TERMINATED
@@ -29,10 +29,16 @@ VERIFY_REPORT = "fleet-verify-report.json"  # without --report: never the rollou
 
 
 class Verify(step.Step):
-    prog = "python -m verify"
-    description = (
-        "Verify the fleet: every tenant that was not quarantined must answer its health path with a 2xx "
-        "and serve the expected build on its build path before the deadline."
+    usage = inputs.Usage(
+        prog="python -m verify",
+        description="Verify the fleet: every tenant that was not quarantined must answer its health path with "
+        "a 2xx and serve the expected build on its build path before the deadline. The tenants come from "
+        "--report, --response or --slugs (one is required).",
+        script="fleet-verify",
+        required=("expected-sha", "tenant-url-template"),
+        epilog="Verify never calls the control plane. For superseded-check, the forge's token is read from the "
+        "environment variable API_TOKEN, never from a flag; the repository and branch come from "
+        "GITHUB_REPOSITORY and GITHUB_REF_NAME.",
     )
     names = NAMES
 
