@@ -167,8 +167,8 @@ def _log_plan(settings: Settings, plan: Plan) -> None:
         f"straggler budget {plan.budget} (from {b.source} {b.text!r})" + ("; dry run" if settings.dry_run else "")
     )
     runner.log(
-        f"plan: every call may take up to {settings.cp_timeout:g} s (cp-timeout-seconds), so the rollout ends by "
-        f"{run_seconds(settings, plan):g} s at the latest"
+        f"plan: every call may take up to {settings.cp_timeout:g} s (cp-timeout-seconds), so the rollout ends at "
+        f"the latest {run_seconds(settings, plan):g} s from now"
     )
     for note in plan.notes:
         runner.log(f"note: {runner.plain(note)}")

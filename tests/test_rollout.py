@@ -417,7 +417,7 @@ def test_the_rollout_has_a_deadline_that_no_call_outlives(start, rollout):
     run = rollout(sb, "--canary-slug", "acme", "--cp-timeout-seconds", "100", "--soak-seconds", "0")
     # the scope probe, canary + 3 batches, each up to cp-timeout, plus the margin
     assert run.report["plan"]["deadline_seconds"] == 5 * 100 + planning.RUN_MARGIN_SECONDS
-    assert "so the rollout ends by 560 s at the latest" in run.log
+    assert "so the rollout ends at the latest 560 s from now" in run.log
 
 
 def test_a_call_past_the_rollouts_deadline_is_not_sent(start):
