@@ -74,3 +74,15 @@ def test_the_readme_lists_every_input_with_its_default_and_every_output():
         shown = expected if expected else '""'
         assert default == (REQUIRED if expected == REQUIRED else f"`{shown}`"), name
     assert list(readme_table("## Outputs")) == list(ACTION["outputs"])
+
+
+def test_the_readmes_recovery_snippet_is_as_strict_as_the_recovery_workflow():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Recovery\n", 1)[1].split("\n## ", 1)[0]
+    snippet = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0].replace("      - uses:", "- uses:"))
+    readme = snippet[0]["with"]
+    workflow = yaml.safe_load((ROOT / "examples" / "recover-stragglers.yml").read_text(encoding="utf-8"))
+    example = next(s for s in workflow["jobs"]["recover"]["steps"] if s.get("id") == "recover")["with"]
+    for name in ("canary-slug", "soak-seconds", "max-stragglers", "superseded-check"):
+        assert readme[name] == example[name], name
+    assert "pip install" in section  # how to run the printed command outside a checkout
