@@ -5,6 +5,7 @@ with it."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -79,7 +80,7 @@ def test_the_readme_lists_every_input_with_its_default_and_every_output():
 def test_the_readmes_recovery_snippet_is_as_strict_as_the_recovery_workflow():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## Recovery\n", 1)[1].split("\n## ", 1)[0]
-    snippet = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0].replace("      - uses:", "- uses:"))
+    snippet = yaml.safe_load(textwrap.dedent(section.split("```yaml\n", 1)[1].split("```", 1)[0]))
     readme = snippet[0]["with"]
     workflow = yaml.safe_load((ROOT / "examples" / "recover-stragglers.yml").read_text(encoding="utf-8"))
     example = next(s for s in workflow["jobs"]["recover"]["steps"] if s.get("id") == "recover")["with"]
