@@ -15,8 +15,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-# Exit codes of both steps.
+# Exit codes of both steps; a step stopped by a signal exits as a shell reports it, 128 + the signal.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
+EXIT_INTERRUPTED = 130  # SIGINT
 
 _SECRETS: list[str] = []
 
@@ -190,19 +191,49 @@ def write_summary(markdown: str) -> None:
 
 
 class Terminated(BaseException):
-    """The runner asked the step to stop (SIGTERM, as on a cancelled job)."""
+    """The runner asked the step to stop: a cancelled job gets SIGINT, then SIGTERM 7.5 s later."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        self.code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED  # 128 + the signal
+        super().__init__(f"the job was cancelled ({self.signal})")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOPPED: list[Terminated] = []  # the first signal this process got inside a guard
+
+
+def stopped() -> Terminated | None:
+    """The signal that asked this process to stop, if one came: nothing new may start after it."""
+    return _STOPPED[0] if _STOPPED else None
+
+
+class SignalGuard:
+    """Until `hold` is called, the first SIGINT or SIGTERM raises Terminated in the main thread; after
+    that a signal is only noted (`stopped`), so a second one never cuts the report short."""
+
+    def __init__(self) -> None:
+        self.raising = True
+
+    def hold(self) -> None:
+        self.raising = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        if not _STOPPED:
+            _STOPPED.append(Terminated(signum))
+        if self.raising:
+            self.raising = False
+            raise Terminated(signum)
 
 
 @contextlib.contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """Within the block, SIGTERM raises Terminated in the main thread, so the report and summary are
-    still written; the previous handler is restored after."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(f"stopped by {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
+def signals_stop() -> Iterator[SignalGuard]:
+    """Within the block, SIGINT and SIGTERM are handled by a SignalGuard; the previous handlers are
+    restored after."""
+    guard = SignalGuard()
+    previous = {signum: signal.signal(signum, guard.handle) for signum in STOP_SIGNALS}
     try:
-        yield
+        yield guard
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

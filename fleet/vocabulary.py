@@ -31,6 +31,7 @@ class RolloutVerdict(Word):
     CANNOT_SCOPE = "cannot-scope"  # the scope probe showed a control plane that ignores or refuses only_slugs
     WIDENED = "widened"  # a real call answered for tenants outside its only_slugs
     HALTED = "halted"  # the kill switch
+    CANCELLED = "cancelled"  # the job was cancelled: the runner's SIGINT or SIGTERM stopped the rollout
 
     @property
     def ok(self) -> bool:

@@ -13,7 +13,7 @@ from fleet import inputs, report, runner, step
 from fleet.cp import ControlPlane
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED
-from fleet.vocabulary import Outcome, RolloutVerdict, counted
+from fleet.vocabulary import Outcome, RolloutVerdict, counted, listed
 from rollout import drive, gate, summary
 from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
 from verify import cli as verify_cli
@@ -80,14 +80,23 @@ class Rollout(step.Step):
         return EXIT_FAILED if self.cp is not None and self.cp.sent_real_call else EXIT_BAD_INPUT
 
     def stopped(self, signal: runner.Terminated) -> str:
-        return f"rollout {signal}; tenants in the call under way have an unknown outcome"
+        if self.cp is None or not self.cp.sent_real_call:
+            return f"{signal} before the rollout sent a real call; nothing was deployed"
+        unknown = [t.slug for t in self.result.tenants.values() if t.outcome == Outcome.UNKNOWN] if self.result else []
+        if not unknown:
+            return f"{signal} between two calls of the rollout; no call was under way"
+        named = listed(unknown)
+        return f"{signal} during a call of the rollout; tenants in the call under way have an unknown outcome: {named}"
 
     def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
         settings, plan, result = self.settings, self.plan, self.result
         if failure is not None:
-            verdict, message = RolloutVerdict.FAILED, failure.message
+            verdict = RolloutVerdict.CANCELLED if failure.cancelled else RolloutVerdict.FAILED
+            message = failure.message
             if result is not None:
                 result.verdict, result.message = verdict, message
+                if failure.cancelled:
+                    result.leave("not attempted: the job was cancelled")
         elif self.halted is not None:
             verdict, message = self.halted.verdict, self.halted.message
         else:
@@ -126,6 +135,8 @@ class Rollout(step.Step):
         """`true`: verify the shipped fleet; `survey`: the rollout touched the fleet and then failed, so
         read every tenant and report who runs which build; `false`: nothing to verify."""
         settings, result = self.settings, self.result
+        if runner.stopped():  # a cancelled job starts nothing new
+            return "false"
         if settings is None or settings.tenants is None or settings.dry_run or result is None:
             return "false"
         if ok:
@@ -177,12 +188,17 @@ def _log_plan(settings: Settings, plan: Plan) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     rollout = Rollout()
     code = step.run(rollout, argv)
-    if rollout.settings is not None and rollout.settings.verify_after and rollout.follows != "false":
-        # The recovery command: verify the tenants just redeployed, from the report just written.
-        flags = [arg for name in VERIFY_NAMES for arg in (f"--{name}", rollout.values[name])]
-        checked = verify_cli.main(["--report", rollout.report_path, *flags])
-        return code or checked
-    return code
+    if rollout.settings is None or not rollout.settings.verify_after:
+        return code
+    stopped = runner.stopped()
+    if stopped is not None:  # the job was cancelled: verify, which was to follow, does not start
+        return code or stopped.code
+    if rollout.follows == "false":
+        return code
+    # The recovery command: verify the tenants just redeployed, from the report just written.
+    flags = [arg for name in VERIFY_NAMES for arg in (f"--{name}", rollout.values[name])]
+    checked = verify_cli.main(["--report", rollout.report_path, *flags])
+    return code or checked
 
 
 if __name__ == "__main__":

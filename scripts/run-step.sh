@@ -4,6 +4,8 @@
 # directory is the action's own, so nothing in the caller's checkout can shadow its packages; a relative
 # ca-bundle is taken from the workspace first. The step's summary goes to a file of its own in
 # FLEET_STATE: the action's last step writes them all, since runners keep only the last inner step's.
+# Python replaces this shell (exec), as the step's `exec bash` replaced the runner's: a cancelled job's
+# SIGINT and SIGTERM go to the one PID the runner started, and Python must be that process.
 set -euo pipefail
 step=$1
 order=$2

@@ -224,7 +224,7 @@ def test_runner_sigterm_during_verify_leaves_a_partial_report_and_summary(fleet,
     section = report["verify"]
     assert section["ok"] is False and "SIGTERM" in section["message"]
     states = {t["slug"]: (t["state"], t["reason"]) for t in section["tenants"]}
-    assert states == {"acme": ("verified", None), "birch": ("unreachable", "not verified before the step was stopped")}
+    assert states == {"acme": ("verified", None), "birch": ("unreachable", "not verified before the job was cancelled")}
     errors = [line for line in out.splitlines() if line.startswith("::error::")]
     assert len(errors) == 1 and "SIGTERM" in errors[0]
     assert [line.startswith("::add-mask::") for line in out.splitlines()].count(True) == 1  # under a runner
@@ -258,7 +258,8 @@ def test_runner_sigterm_during_a_redeploy_call_leaves_the_outcome_unknown(fleet,
     assert {t["slug"]: t["outcome"] for t in report["tenants"]} == {"acme": "unknown", "birch": "unknown"}
     errors = [line for line in out.splitlines() if line.startswith("::error::")]
     assert len(errors) == 1 and "unknown outcome" in errors[0]
-    assert "## ❌ Fleet rollout: failed" in files["summary.md"].read_text()
+    assert report["rollout"]["verdict"] == "cancelled" and code == 143
+    assert "## ❌ Fleet rollout: cancelled" in files["summary.md"].read_text()
     assert [r.json()["dry_run"] for r in server.received("POST")] == [True, True, False]
     assert_no_token(TOKEN, out, err, files["report.json"].read_text(), files["summary.md"].read_text())
 

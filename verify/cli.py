@@ -13,7 +13,6 @@ from typing import Any
 from fleet import inputs, runner, step
 from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
-from fleet.runner import EXIT_TERMINATED
 from fleet.vocabulary import State, counted, listed
 from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
@@ -98,15 +97,15 @@ class Verify(step.Step):
 
     def stopped(self, signal: runner.Terminated) -> str:
         if self.polled is not None:
-            stopped = Seen(State.UNREACHABLE, "not verified before the step was stopped")
+            stopped = Seen(State.UNREACHABLE, "not verified before the job was cancelled")
             self.seen = {s: self.polled.seen.get(s) or self.seen.get(s) or stopped for s in self.scope.tenants}
         return f"{signal} before the deadline; verdicts are partial"
 
     def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
         seen, scope = self.seen, self.scope
-        # None when it never polled, or broke off part-way for another reason than SIGTERM (whose
+        # None when it never polled, or broke off part-way for another reason than a cancelled job (whose
         # partial verdicts are kept): counts would claim tenants it never judged.
-        broke = failure is not None and failure.code != EXIT_TERMINATED
+        broke = failure is not None and not failure.cancelled
         counts = verdict.counts(seen) if self.polled is not None and not broke else None
         steps = {slug: verdict.next_step(s, scope.outcomes.get(slug)) for slug, s in seen.items()}
         failing = [(slug, s) for slug, s in seen.items() if s.state.failing]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import heapq
 import queue
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleet import runner
 from fleet.tenant import Reply, Tenants
 from fleet.vocabulary import State
 from verify import verdict
@@ -59,6 +61,7 @@ def poll(
     open_count = [len(slugs)]
 
     def work() -> None:
+        _leave_signals_to_the_main_thread()
         companion = _Companion()
         while not done.is_set():
             with lock:
@@ -108,6 +111,13 @@ def poll(
     for slug in slugs:
         fleet.seen.setdefault(slug, Seen(State.UNREACHABLE, "no answer before the deadline"))
     return fleet
+
+
+def _leave_signals_to_the_main_thread() -> None:
+    """Block the runner's stop signals in this thread (and the threads it starts): the kernel then
+    hands them to the main thread, whose wait they interrupt at once. Caught by a worker, a signal's
+    handler would wait until the main thread's wait timed out."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, runner.STOP_SIGNALS)
 
 
 class _Companion:
