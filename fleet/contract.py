@@ -149,11 +149,24 @@ def validate(name: str, document: Any, what: str) -> Any:
     raise ContractError(f"{what}: {field} {_reason(error)}{value}")
 
 
-def enumerated(answer: Any, what: str = "fleet enumeration (dry run) rejected") -> list[str]:
-    """The fleet from an unscoped dry run's answer: its rows' slugs in order, validated (schema, then
-    uniqueness) before anything is used. No rows is an error: nothing to roll out."""
-    validate("redeploy-response", answer, what)
-    slugs = unique_slugs((row["slug"] for row in answer["results"]), what)
+def unnamed(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows of an answer that name no tenant (a slug missing, null or empty), each as `results[i]`,
+    how its slug was given and its other fields, for a message."""
+    told = []
+    for i, row in enumerate(rows):
+        if row.get("slug"):
+            continue
+        given = "missing" if "slug" not in row else show(row["slug"])
+        rest = {key: value for key, value in row.items() if key != "slug"}
+        told.append(f"results[{i}] (slug {given}; its other fields: {show(rest, 160)})")
+    return told
+
+
+def enumerated(answer: dict[str, Any], what: str = "fleet enumeration (dry run) rejected") -> list[str]:
+    """The fleet from an unscoped dry run's answer, already valid against its schema (the control-plane
+    client checked it): its rows' slugs in order, none twice. A row without a slug names no tenant and
+    is left out (`unnamed` tells which); no tenant at all is an error: nothing to roll out."""
+    slugs = unique_slugs((row["slug"] for row in answer["results"] if row.get("slug")), what)
     if not slugs:
         raise ContractError(f"{what}: it lists no tenants, so there is nothing to roll out")
     return slugs

@@ -159,13 +159,16 @@ class ControlPlane:
         return any(not call["body"].get("dry_run") for call in self.calls)
 
     def enumerate(self, body: dict[str, Any]) -> list[str]:
-        """The fleet: the slugs an unscoped dry run answers, in its order, validated (each a slug, none
-        twice, at least one) before any real call is made."""
+        """The fleet: the slugs an unscoped dry run answers, in its order, validated once (each a slug,
+        none twice, at least one) before any real call is made. A row without a slug is skipped, with a
+        warning, as the deploy script before this action skipped it."""
         body = {k: v for k, v in body.items() if k != "only_slugs"} | {"dry_run": True, "confirm": True}
-        answer = self.redeploy(body, "enumerate")
+        answer = self.redeploy(body, "enumerate")  # checked against the schema there, once
         if not answer.succeeded:
             what = "the control plane's dry run (the fleet's enumeration)"
             raise self._fail(self.calls[-1], f"{what} failed (HTTP {answer.status}): {answer.error}")
+        for row in contract.unnamed(answer.rows):
+            runner.warning(runner.plain(f"the fleet's enumeration names no tenant in {row}: skipped"))
         try:
             return contract.enumerated(answer.document)
         except ContractError as exc:

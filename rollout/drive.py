@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from fleet import runner
-from fleet.contract import ContractError, show
+from fleet.contract import ContractError, show, unnamed
 from fleet.cp import Answer, ControlPlane, CPError, CPRefused, NothingDone
 from fleet.tenant import REQUEST_SECONDS, health_problem
 from fleet.vocabulary import Outcome, RolloutVerdict, counted, listed
@@ -115,12 +115,18 @@ def _cannot_scope(body: dict, what: str) -> Stop:
     )
 
 
+def _said(answer: Answer) -> str:
+    """What the control plane said of a call that failed, for the message that halts the rollout."""
+    return f"; the control plane said: {answer.error}" if not answer.succeeded and answer.document.get("error") else ""
+
+
 class _Driver:
     def __init__(self, settings: Settings, plan: Plan, cp: ControlPlane, gate: Gate | None) -> None:
         self.settings, self.plan, self.cp, self.gate = settings, plan, cp, gate
-        self.result = Result({slug: Tenant(slug, Outcome.NOT_ATTEMPTED, None, "not attempted") for slug in plan.scope})
+        self.result = Result({slug: Tenant(slug, Outcome.NOT_ATTEMPTED, "not attempted") for slug in plan.scope})
         self.result.notes.extend(plan.notes)
         self.in_flight: list[str] = []  # the tenants of the call under way
+        self.step: str | None = None  # that call's step: canary, batch 2/3, fleet
 
     def take(self, tenants: list[Tenant]) -> None:
         for tenant in tenants:
@@ -132,23 +138,35 @@ class _Driver:
         cannot have acted on it), the rest not attempted."""
         for slug in self.in_flight:
             if acted:
-                self.result.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, None, f"outcome unknown: {cause}")
+                self.result.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, f"outcome unknown: {cause}", self.step)
             else:
-                self.result.tenants[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, None, f"not attempted: {cause}")
+                self.result.tenants[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, f"not attempted: {cause}", self.step)
         self.result.verdict, self.result.message = RolloutVerdict.FAILED, cause
         self.result.leave("not attempted: the rollout broke off")
         return self.result
 
-    def call(self, body: dict, kind: str, slugs: list[str], what: str) -> Answer:
-        """One call, its rows judged into the result. Before a real call the gate is asked; a real call
-        that answers for tenants outside its only_slugs has widened, and the rollout halts there."""
+    def call(self, body: dict, kind: str, slugs: list[str], what: str, step: str) -> Answer:
+        """One call (`step` of the rollout), its rows judged into the result. Before a real call the gate
+        is asked; a real call that answers for tenants outside its only_slugs has widened, and the
+        rollout halts there; one that answers a row without a slug breaks the contract, and the rollout
+        breaks off there."""
         dry = bool(body.get("dry_run"))
         if not dry and self.gate is not None:
             self.gate.before_real_call(what)
-        self.in_flight = slugs
+        self.in_flight, self.step = slugs, step
         answer = self.cp.redeploy(body, kind)
-        tenants, outside = coverage.assess(slugs, answer.document, dry_run=dry, may_halt=kind == "fleet")
+        tenants, outside = coverage.assess(slugs, answer.document, step=step, dry_run=dry, may_halt=kind == "fleet")
         self.take(tenants)
+        nameless = unnamed(answer.rows)
+        if nameless and "only_slugs" in body and dry:
+            raise _cannot_scope(body, f"its dry run answered a row without a slug: {listed(nameless)}")
+        if nameless and not dry:
+            # A row that names no tenant may be any of them: those without a row of their own are unknown.
+            self.in_flight = [t.slug for t in tenants if t.outcome == Outcome.UNKNOWN]
+            raise ContractError(
+                f"the control plane's answer to {what} breaks the contract: a row names no tenant (no slug): "
+                f"{listed(nameless)}"
+            )
         if outside and "only_slugs" in body:
             if dry:
                 raise _cannot_scope(body, f"its dry run answered for {listed(outside)} too")
@@ -156,7 +174,7 @@ class _Driver:
             # Tenants of the rollout the widened call reached are judged by their rows, not left as
             # untouched: the control plane says what it did to them.
             reached = [s for s in outside if s in self.result.tenants]
-            self.take(coverage.assess(reached, answer.document)[0])
+            self.take(coverage.assess(reached, answer.document, step=step)[0])
             raise Stop(
                 RolloutVerdict.WIDENED,
                 f"the control plane widened {what} beyond its only_slugs, redeploying {listed(outside)}; "
@@ -179,10 +197,12 @@ class _Driver:
             raise _cannot_scope(body, f"it refused the call: {show(exc.said) if exc.said else exc}") from None
         if not answer.succeeded:
             raise _cannot_scope(body, f"its dry run failed (HTTP {answer.status}): {answer.error}")
-        answered = [row["slug"] for row in answer.rows]
+        answered = [row["slug"] for row in answer.rows if row.get("slug")]
         extra = [s for s in answered if s not in slugs]
         missing = [s for s in slugs if s not in answered]
+        nameless = unnamed(answer.rows)
         said = [f"answered for {listed(extra)} too"] if extra else []
+        said += [f"answered a row without a slug: {listed(nameless)}"] if nameless else []
         said += [f"did not answer for {listed(missing)}"] if missing else []
         if said:
             raise _cannot_scope(body, "it " + ", ".join(said))
@@ -194,11 +214,11 @@ class _Driver:
         if canary.outcome == Outcome.REDEPLOYED:
             return
         reason = canary.reason or (answer.error if not answer.succeeded else "not verified on target")
-        self.result.tenants[canary.slug] = Tenant(canary.slug, Outcome.STRAGGLER, canary.phase, reason)
+        self.result.tenants[canary.slug] = replace(canary, outcome=Outcome.STRAGGLER, reason=reason)
         for slug, tenant in self.result.tenants.items():
             if tenant.outcome == Outcome.UNKNOWN:
-                self.result.tenants[slug] = Tenant(
-                    slug, Outcome.NOT_ATTEMPTED, None, "not attempted: the canary failed"
+                self.result.tenants[slug] = replace(
+                    tenant, outcome=Outcome.NOT_ATTEMPTED, reason="not attempted: the canary failed"
                 )
         raise Stop(
             RolloutVerdict.CANARY_FAILED,
@@ -211,16 +231,18 @@ class _Driver:
         calls = len(plan.batches) + (1 if plan.canary else 0)
         if settings.dry_run:
             if plan.canary:
-                self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call")
+                self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call", "canary")
             for number, batch in enumerate(plan.batches, start=1):
-                self.call(planning.batch_body(settings, batch, plan.budget), "batch", batch, f"the batch {number} call")
+                body = planning.batch_body(settings, batch, plan.budget)
+                self.call(body, "batch", batch, f"the batch {number} call", f"batch {number}/{len(plan.batches)}")
             self.planned(calls)
             return
 
         if plan.canary:
             self.probe(planning.canary_body(settings, plan), [plan.canary])
             runner.log(f"canary: {plan.canary}")
-            answer = self.call(planning.canary_body(settings, plan), "canary", [plan.canary], "the canary call")
+            body = planning.canary_body(settings, plan)
+            answer = self.call(body, "canary", [plan.canary], "the canary call", "canary")
             self.canary_must_pass(answer)
             if not answer.succeeded:  # verified, yet the call failed: trust the failure
                 raise Stop(
@@ -249,7 +271,7 @@ class _Driver:
             unspent = plan.budget - len(spent)
             runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
             body = planning.batch_body(settings, batch, unspent)
-            answer = self.call(body, "batch", batch, f"the batch {number} call")
+            answer = self.call(body, "batch", batch, f"the batch {number} call", f"batch {number}/{len(plan.batches)}")
             spent += [s for s in batch if result.tenants[s].outcome == Outcome.STRAGGLER]
             halted = f"not attempted: the rollout halted at batch {number} of {len(plan.batches)}"
             if coverage.over_budget(len(spent), plan.budget):
@@ -258,7 +280,7 @@ class _Driver:
                     RolloutVerdict.SYSTEMIC,
                     f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} "
                     f"({', '.join(spent)}); halted at batch {number} of {len(plan.batches)}, "
-                    f"{counted(left, 'tenant')} left on their old build",
+                    f"{counted(left, 'tenant')} left on their old build{_said(answer)}",
                     halted,
                 )
             if not answer.succeeded and not self.failed_for_stragglers_only(answer, batch):
@@ -276,7 +298,7 @@ class _Driver:
         if planning.probes(settings):
             self.probe(body, plan.scope)
         # The control plane halts a failed fleet call part-way: tenants with no row may be untouched.
-        answer = self.call(body, "fleet", plan.scope, "the fleet call")
+        answer = self.call(body, "fleet", plan.scope, "the fleet call", "fleet")
         if settings.dry_run:
             self.planned(1)
             return
@@ -285,7 +307,7 @@ class _Driver:
         spent = [s for s in plan.scope if s != plan.canary and result.tenants[s].outcome == Outcome.STRAGGLER]
         if coverage.over_budget(len(spent), plan.budget):
             tolerance = coverage.tolerance_message(len(spent), plan.budget)
-            raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({', '.join(spent)})")
+            raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({', '.join(spent)}){_said(answer)}")
         if not answer.succeeded and not self.failed_for_stragglers_only(answer, plan.scope):
             raise Stop(RolloutVerdict.FAILED, f"control plane reported the fleet call failed: {answer.error}")
         self.finish(spent)
@@ -294,7 +316,7 @@ class _Driver:
         """An older control plane answers 500 whenever any tenant failed, whatever max_stragglers says.
         When its rows cover every tenant of the call and the only failures are stragglers the budget
         allows (checked before this), the rollout goes on, with a notice."""
-        covered = {row["slug"] for row in answer.rows} >= set(slugs)
+        covered = {row.get("slug") for row in answer.rows} >= set(slugs)
         stragglers = [s for s in slugs if self.result.tenants[s].outcome == Outcome.STRAGGLER]
         if answer.status != 500 or not covered or not stragglers:
             return False

@@ -73,7 +73,7 @@ def render(
     if stragglers:
         title = "Quarantined: recover individually" if result.ok else "Stragglers"
         parts += [f"### {title}", ""]
-        parts += [f"- `{o.slug}`: {md(o.reason or '')}" for o in stragglers]
+        parts += [f"- `{o.slug}`{f' ({o.step})' if o.step else ''}: {md(o.reason or '')}" for o in stragglers]
         parts += [
             "",
             "Once fixed, redeploy just these strictly and verify them (where the action is installed: "
@@ -92,12 +92,13 @@ def render(
         ]
     for line in result.notes:
         parts.append(f"> {md(line)}")
-    tenant_rows = [(f"`{t.slug}`", md(t.phase or ""), t.outcome, md(t.reason or "")) for t in tenants]
+    # The action's own step (`batch 2/3`, as the log says), not the control plane's label for its row.
+    tenant_rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(t.reason or "")) for t in tenants]
     parts += [
         "",
         markdown.fold(
             f"Tenants ({len(tenant_rows)})",
-            markdown.table(("tenant", "phase", "outcome", "reason"), tenant_rows),
+            markdown.table(("tenant", "step", "outcome", "reason"), tenant_rows),
             len(tenant_rows),
         ),
     ]

@@ -49,12 +49,18 @@ def test_the_fleet_is_what_an_unscoped_confirmed_dry_run_answers(start, rollout)
     assert all(c["body"]["confirm"] is True for c in sb.cp_calls)
 
 
-def test_free_form_phases_are_kept_as_the_control_plane_names_them(start, rollout):
+def test_each_tenant_shows_the_rollouts_own_step_and_keeps_the_control_planes_phase(start, rollout):
+    # Every scoped call is the control plane's `batch-1`: the step the log names is the one that answers
+    # "which batch was it in?".
     sb = start("clean")
-    run = rollout(sb, "--canary-slug", "acme", "--batch-size", "4")
+    run = rollout(sb, "--canary-slug", "acme", "--batch-size", "3")
     assert run.code == 0
-    phases = {t["slug"]: t["phase"] for t in run.report["tenants"]}
-    assert phases["acme"] == "canary" and phases["birch"] == "batch-1" and phases["harbor"] == "batch-1"
+    steps = {t["slug"]: (t["phase"], t["cp_phase"]) for t in run.report["tenants"]}
+    assert steps["acme"] == ("canary", "canary")
+    assert steps["birch"] == ("batch 1/3", "batch-1") and steps["harbor"] == ("batch 3/3", "batch-1")
+    assert "batch 3/3: harbor" in run.log
+    assert "| tenant | step | outcome | reason |" in run.summary
+    assert "| `harbor` | batch 3/3 | redeployed |" in run.summary
 
 
 def test_a_dry_run_rollout_accepts_bare_rows_and_deploys_nothing(start, rollout):

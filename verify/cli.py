@@ -13,7 +13,7 @@ from typing import Any
 from fleet import inputs, runner, step
 from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
-from fleet.vocabulary import State, counted, listed
+from fleet.vocabulary import State, counted
 from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
@@ -108,24 +108,20 @@ class Verify(step.Step):
         broke = failure is not None and not failure.cancelled
         counts = verdict.counts(seen) if self.polled is not None and not broke else None
         steps = {slug: verdict.next_step(s, scope.outcomes.get(slug)) for slug, s in seen.items()}
-        failing = [(slug, s) for slug, s in seen.items() if s.state.failing]
-        ok = failure is None and not failing and not scope.survey
-        if failure:
-            message = failure.message
-        elif scope.survey:
-            message = _survey_message(scope, seen)
-        elif failing:
-            named = listed([f"{slug} ({s.state}: {s.reason})" for slug, s in failing])
-            message = f"{len(failing)} of {counted(len(seen), 'tenant')} failed verification: {named}"
+        if failure is not None:
+            decided = verdict.Verdict(False, failure.message)
         else:
-            message = _passed_message(self.settings, counts)
+            assert self.settings is not None
+            expected = self.settings.expected_sha
+            decided = verdict.decide(seen, expected, source=scope.source, survey=scope.survey, outcomes=scope.outcomes)
+        ok, message = decided.ok, decided.message
         doc = self._report(ok, message, counts, steps)
         section = doc["verify"]
         return step.Ending(
             ok=ok,
             message=f"verify: {message}",
-            # A survey fails the step, but the rollout's ::error:: already named the failure.
-            error=not scope.survey,
+            # A survey after the rollout's step fails this one too, but that step's ::error:: named the failure.
+            error=not scope.announced,
             report_path=self.write_to or given.values["report"] or VERIFY_REPORT,
             report=doc,
             outputs={
@@ -133,7 +129,8 @@ class Verify(step.Step):
                 "verified-count": str(section["counts"]["verified"]) if counts else "",
                 "failed-count": str(section["counts"]["failed"]) if counts else "",
             },
-            summary=summary.render(ok, message, seen, counts, steps, survey=scope.survey),
+            summary=summary.render(ok, message, seen, counts, steps, survey=scope.survey, caution=decided.caution),
+            warnings=[decided.caution] if decided.caution else [],
         )
 
     def _report(
@@ -164,17 +161,6 @@ class Verify(step.Step):
         return doc
 
 
-def _passed_message(settings: Settings | None, counts: dict[str, int] | None) -> str:
-    counts = counts or verdict.counts({})
-    sha = settings.expected_sha[:12] if settings else ""
-    message = f"all {counted(counts['verified'], 'tenant')} verified on {sha}"
-    if counts[State.SUPERSEDED]:
-        message += f"; {counts[State.SUPERSEDED]} already on the branch's newer head (superseded)"
-    if counts[State.QUARANTINED]:
-        message += f"; {counts[State.QUARANTINED]} quarantined"
-    return message
-
-
 def _ahead(seen: dict[str, Seen], expected: str, head: str | None, heads: Callable[[], str | None]) -> dict[str, Seen]:
     """Stale tenants judged again against the branch's head as it is now: another run may have rolled
     the fleet forward while this one polled."""
@@ -185,15 +171,6 @@ def _ahead(seen: dict[str, Seen], expected: str, head: str | None, heads: Callab
         slug: verdict.stale_or_superseded(s.build, expected, now) if s.state == State.STALE and s.build else s
         for slug, s in seen.items()
     }
-
-
-def _survey_message(scope: Scope, seen: dict[str, Seen]) -> str:
-    on_target = sum(1 for s in seen.values() if s.state.passing)
-    untouched = sum(1 for slug in seen if scope.outcomes.get(slug) == "not-attempted")
-    return (
-        f"survey after a failed rollout ({scope.survey}): {on_target} of {counted(len(seen), 'tenant')} on the target "
-        f"build, {untouched} never reached by the rollout; the step stays failed"
-    )
 
 
 def _progress(fleet: poll.Fleet, left: float) -> None:

@@ -52,8 +52,9 @@ class Scope:
     tenants: list[str]
     quarantined: list[str]
     source: str
-    survey: str = ""  # the failed rollout's verdict, when this is a survey
+    survey: str = ""  # what failed, when this is a survey: the rollout's verdict, or the answer's ok: false
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    announced: bool = False  # the failure was already an ::error:: (the rollout's step said it)
 
 
 def read_report(path: str, elsewhere: bool) -> dict[str, Any] | None:
@@ -80,13 +81,13 @@ def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
         verdict = str(rollout.get("verdict", RolloutVerdict.FAILED))
         if not rollout.get("ok") and rollout.get("touched") and not plan.get("dry_run"):
             outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
-            return Scope(scope, [], "the failed rollout's report", verdict, outcomes)
+            return Scope(scope, [], "the failed rollout's report", verdict, outcomes, announced=True)
         if not rollout.get("ok") or plan.get("dry_run") or verdict == RolloutVerdict.SUPERSEDED:
             raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
         return Scope(scope, list(doc.get("stragglers", [])), "the rollout's report")
     if values["response"]:
         _ignored(values, "the tenants and the quarantine come from --response", "slugs", "stragglers")
-        return Scope(*read_response(values["response"]), "the control plane's answer")
+        return read_response(values["response"])
     if values["slugs"]:
         slugs = contract.parse_slug_list(values["slugs"], "slugs")
         return Scope(slugs, parse_stragglers(values["stragglers"]), "--slugs")
@@ -114,16 +115,25 @@ def parse_stragglers(text: str) -> list[str]:
     return contract.parse_slug_list(text, "stragglers") if text else []
 
 
-def read_response(path: str) -> tuple[list[str], list[str]]:
+def read_response(path: str) -> Scope:
     """The tenants and the quarantine from a redeploy-fleet answer, or the aggregate of several that a
-    deploy script wrote: its rows' slugs, and its `stragglers` (absent: none)."""
+    deploy script wrote: its rows' slugs, and its `stragglers` (absent: none). An answer that says
+    `ok: false` is a failed rollout: every tenant it names is surveyed, none skipped, and the step fails."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ContractError(f"cannot read --response {show(path)}: {exc.strerror}") from None
     what = f"--response {show(path)}"
     answer = contract.validate("redeploy-response", contract.parse_json(raw, what), f"{what} rejected")
+    nameless = contract.unnamed(answer["results"])
+    if nameless:
+        raise ContractError(f"{what} rejected: a row names no tenant (no slug): {nameless[0]}")
     slugs = contract.unique_slugs((row["slug"] for row in answer["results"]), f"{what} rejected")
     stragglers = contract.unique_slugs(answer.get("stragglers") or [], f"{what} rejected: stragglers")
     # A straggler without a row is still named: quarantined, never silently left out.
-    return slugs + [s for s in stragglers if s not in slugs], stragglers
+    tenants = slugs + [s for s in stragglers if s not in slugs]
+    source = "the control plane's answer"
+    if not answer["ok"]:
+        said = f": {show(answer['error'])}" if answer.get("error") else ""
+        return Scope(tenants, [], source, survey=f"the control plane's answer says ok: false{said}")
+    return Scope(tenants, stragglers, source)

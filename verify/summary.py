@@ -19,10 +19,13 @@ def render(
     counts: dict[str, int] | None,
     steps: dict[str, str | None] | None = None,
     survey: str = "",
+    caution: str = "",
 ) -> str:
-    icon = "✅" if ok else "❌"
+    icon = ("⚠️" if caution else "✅") if ok else "❌"
     title = "Fleet survey after a failed rollout" if survey else f"Fleet verify: {'passed' if ok else 'failed'}"
     parts = [f"## {icon} {title}", "", md(message), ""]
+    if caution:
+        parts += [f"> {md(caution)}", ""]
     if counts is None:
         return "\n".join(parts)
     rows = [

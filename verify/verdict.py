@@ -8,7 +8,7 @@ from fleet import contract
 from fleet.contract import ContractError
 from fleet.forge import same_commit
 from fleet.tenant import Reply, health_problem
-from fleet.vocabulary import Outcome, State
+from fleet.vocabulary import Outcome, State, counted, listed
 
 # A tenant whose state is one of these is done: it is not polled again.
 DONE = frozenset({State.VERIFIED, State.SUPERSEDED})
@@ -90,3 +90,59 @@ def counts(seen: dict[str, Seen]) -> dict[str, int]:
     out["failed"] = sum(1 for s in seen.values() if s.state.failing)
     out["total"] = len(seen)
     return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Verify's verdict on its whole scope: whether it passed, the line that says so, and for a pass
+    that verified no tenant, the warning that says it."""
+
+    ok: bool
+    message: str
+    caution: str = ""
+
+
+def decide(
+    seen: dict[str, Seen],
+    expected_sha: str,
+    *,
+    source: str,
+    survey: str = "",
+    outcomes: dict[str, Outcome] | None = None,
+) -> Verdict:
+    """Pass only when no tenant failed and at least one was verified, or when every tenant in scope is
+    quarantined or superseded (a pass that proves little, so it carries a warning). A scope with no
+    tenant proves nothing, and a survey follows a rollout that failed: both fail."""
+    if not seen:
+        refusal = f"refusing to mark the deploy verified: {source} names no tenant"
+        return Verdict(False, refusal + (f"; {survey}" if survey else ""))
+    if survey:
+        return Verdict(False, _survey_message(survey, seen, outcomes or {}))
+    failing = [(slug, s) for slug, s in seen.items() if s.state.failing]
+    if failing:
+        named = listed([f"{slug} ({s.state}: {s.reason})" for slug, s in failing])
+        return Verdict(False, f"{len(failing)} of {counted(len(seen), 'tenant')} failed verification: {named}")
+    tally = counts(seen)
+    held = ""
+    if tally[State.SUPERSEDED]:
+        held += f"; {tally[State.SUPERSEDED]} already on the branch's newer head (superseded)"
+    if tally[State.QUARANTINED]:
+        held += f"; {tally[State.QUARANTINED]} quarantined"
+    sha = expected_sha[:12]
+    if tally[State.VERIFIED]:
+        return Verdict(True, f"all {counted(tally[State.VERIFIED], 'tenant')} verified on {sha}{held}")
+    return Verdict(
+        True,
+        f"no tenant verified on {sha}{held}",
+        f"nothing was verified: every tenant in scope is quarantined or superseded ({listed(list(seen))})",
+    )
+
+
+def _survey_message(survey: str, seen: dict[str, Seen], outcomes: dict[str, Outcome]) -> str:
+    on_target = sum(1 for s in seen.values() if s.state.passing)
+    message = f"survey after a failed rollout ({survey}): "
+    message += f"{on_target} of {counted(len(seen), 'tenant')} on the target build"
+    if outcomes:  # what the rollout did to each is known only from its report
+        untouched = sum(1 for slug in seen if outcomes.get(slug) == Outcome.NOT_ATTEMPTED)
+        message += f", {untouched} never reached by the rollout"
+    return message + "; the step stays failed"
