@@ -204,3 +204,10 @@ def test_the_whole_answer_deadline_holds_through_the_tunnel_for_a_tenant(serve, 
     assert time.monotonic() - began < 2.0
     assert answer.status is None and answer.error == "timed out"
     assert through.tunnels() == [f"127.0.0.1:{server.port}"]
+
+
+def test_a_proxy_that_is_not_http_is_refused_before_any_call(rollout, serve, certs):
+    server = serve(the_fleet(), tls=certs.server_context())
+    run = rollout(server, "--ca-bundle", str(certs.ca), env={"ALL_PROXY": "socks5://127.0.0.1:1080"})
+    rollout.fault(run, "the proxy in HTTPS_PROXY (or ALL_PROXY) must be an http:// or https:// URL, not 'socks5://'")
+    assert run.code == 2 and server.connections == 0
