@@ -79,11 +79,14 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _never_opened(exc: BaseException) -> bool:
-    """The request cannot have reached the control plane: refused, DNS, or a connect timeout."""
+    """The request cannot have reached the control plane: refused, DNS, a connect or TLS handshake
+    that timed out, a proxy that opened no tunnel, or no connection to the proxy at all."""
     seen: object = exc
     for _ in range(6):
-        # urllib3 2.x: NewConnectionError (refused) and NameResolutionError are ConnectTimeoutErrors.
-        if isinstance(seen, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
+        # urllib3 2.x: NewConnectionError (refused), NameResolutionError and http.NeverConnected are
+        # ConnectTimeoutErrors; urllib3 raises ProxyError only before the proxy was reached.
+        never = requests.ConnectTimeout | requests.exceptions.ProxyError | urllib3.exceptions.ConnectTimeoutError
+        if isinstance(seen, never):
             return True
         if isinstance(seen, urllib3.exceptions.MaxRetryError):
             seen = seen.reason
@@ -92,6 +95,20 @@ def _never_opened(exc: BaseException) -> bool:
         else:
             return False
     return False
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with `bounded` pools, direct or through a proxy: the deadline covers the
+    headers too, not just each read."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http.bounded(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        http.bounded(manager)
+        return manager
 
 
 class _Bearer(requests.auth.AuthBase):
@@ -145,13 +162,20 @@ class ControlPlane:
         self.calls: list[dict[str, Any]] = []  # every call and its answer, for the report
         self.deadline: float | None = None  # monotonic; set, no call goes past it
         self._session = requests.Session()
-        for adapter in self._session.adapters.values():
-            if isinstance(adapter, requests.adapters.HTTPAdapter):
-                http.bounded(adapter.poolmanager)  # the deadline covers the headers too, not just each read
+        # The proxy and the CA file are decided here, by the rules every client shares (fleet.http),
+        # never by requests' own reading of the environment.
+        self._session.trust_env = False
+        self._proxies = http.Proxies.from_environment()
+        for scheme in ("https://", "http://"):
+            self._session.mount(scheme, _Adapter())
         runner.register_secret(token)  # scrubbed from every message this client makes
         self._session.auth = _Bearer(token)
-        self._session.verify = ca_bundle or True
+        self._session.verify = http.default_ca(ca_bundle)
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+
+    def _proxy(self, url: str) -> dict[str, str]:
+        proxy = self._proxies.for_url(url)
+        return {"https": proxy} if proxy else {}
 
     @property
     def sent_real_call(self) -> bool:
@@ -271,9 +295,8 @@ class ControlPlane:
                         json=body,
                         timeout=(min(CONNECT_TIMEOUT, max(left, 0.01)), max(left, 0.01)),
                         allow_redirects=False,
-                        # Given per request: the session's own `verify` loses to REQUESTS_CA_BUNDLE or
-                        # CURL_CA_BUNDLE in the environment (psf/requests#3829), and ca-bundle with it.
                         verify=self._session.verify,
+                        proxies=self._proxy(url),
                         stream=True,
                         # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
                         headers={"Connection": "close"},

@@ -15,7 +15,6 @@ import urllib3
 
 from fleet import contract, http, runner
 from fleet.contract import ContractError, show
-from fleet.tenant import default_ca
 
 READ_SECONDS = 5.0
 MAX_BODY = 256 * 1024
@@ -71,9 +70,7 @@ class Forge:
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._pool = http.bounded(
-            urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=default_ca(ca_bundle), retries=False)
-        )
+        self._pool = http.Pools(cert_reqs="CERT_REQUIRED", ca_certs=http.default_ca(ca_bundle), retries=False)
 
     def branch_head(self, where: Where) -> str:
         """The sha the branch points at: GitHub answers commit.sha, Gitea commit.id."""

@@ -6,7 +6,9 @@ summary only through `md`, so it can neither start a workflow command nor break 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
 import os
 import re
 import secrets as _secrets
@@ -14,6 +16,7 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 # Exit codes of both steps; a step stopped by a signal exits as a shell reports it, 128 + the signal.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TERMINATED = 0, 1, 2, 143
@@ -34,8 +37,8 @@ MIN_SCRUBBED_PART = 8  # shorter lines of a multi-line secret ("false", "}") are
 
 
 def register_secret(value: str) -> None:
-    """Scrub `value` from everything this module emits; mask it, and each of its lines, under a
-    runner (a workflow command ends at a newline)."""
+    """Scrub `value`, and the forms a server may echo it back in, from everything this module emits;
+    mask it, and each of its lines, under a runner (a workflow command ends at a newline)."""
     if not value or not value.strip():
         return
     lines = [line for line in value.splitlines() if line.strip()]
@@ -46,7 +49,35 @@ def register_secret(value: str) -> None:
             _SECRETS.append(part)
         if under_runner():
             _write(f"::add-mask::{_escape_data(part)}")
+    # Scrubbed only: every line this module writes passes `scrub`, and the runner's mask list stays short.
+    _SECRETS.extend(form for form in echoed_forms(value) if form not in _SECRETS and len(form) >= MIN_SCRUBBED_PART)
     _SECRETS.sort(key=len, reverse=True)
+
+
+def echoed_forms(value: str) -> set[str]:
+    """`value` as an error page may quote it: URL-encoded, HTML-escaped, or in base64 (standard or
+    URL-safe, padded or not), alone or as "Bearer <value>". Base64 of a longer text holds the value's
+    bytes at one of 3 alignments: at each, the groups wholly inside it (all but a few characters at
+    each end, which cannot be matched without knowing their neighbours)."""
+    forms = {quote(value, safe=""), quote(value), quote_plus(value)}
+    escaped = html.escape(value, quote=False)
+    for apostrophe in ("'", "&#x27;", "&#39;"):
+        for mark in ('"', "&quot;", "&#34;"):
+            forms.add(escaped.replace("'", apostrophe).replace('"', mark))
+    for text in (value.encode(), f"Bearer {value}".encode()):
+        for encoded in (base64.b64encode(text), *_aligned_base64(text)):
+            std = encoded.decode()
+            forms.update({std, std.rstrip("="), std.translate(_URLSAFE), std.translate(_URLSAFE).rstrip("=")})
+    forms.discard(value)
+    return forms
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _aligned_base64(data: bytes) -> list[bytes]:
+    wholes = [data[skip:] for skip in range(3)]
+    return [base64.b64encode(part[: len(part) - len(part) % 3]) for part in wholes if len(part) >= 3]
 
 
 def scrub_values(value: Any) -> Any:

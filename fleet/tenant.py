@@ -1,13 +1,12 @@
-"""HTTP to tenants: one connection pool, no token, no redirects followed, TLS always verified, and a
-deadline on every request (a tenant that drips a byte at a time still times out)."""
+"""HTTP to tenants: one connection pool (through the environment's proxy as `http.Proxies` decides), no
+token, no redirects followed, TLS always verified, and a deadline on every request (a tenant that drips
+a byte at a time still times out)."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
-import certifi
 import urllib3
 
 from fleet import http
@@ -26,12 +25,6 @@ class Reply:
     body: bytes = b""
     error: str | None = None
     oversize: bool = False
-
-
-def default_ca(ca_bundle: str | None) -> str:
-    """The CA file for tenants: as for the control plane (requests' rule), ca-bundle first, then
-    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, then certifi's set."""
-    return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
 
 
 def health_problem(reply: Reply) -> tuple[State, str] | None:
@@ -83,15 +76,13 @@ class Tenants:
         self.allow_http = allow_http
         self.healthz_path = healthz_path
         self.buildinfo_path = buildinfo_path
-        self.pool = http.bounded(
-            urllib3.PoolManager(
-                num_pools=1024,  # one per tenant host when each tenant has its own name
-                maxsize=max(2, 2 * concurrency),
-                cert_reqs="CERT_REQUIRED",
-                ca_certs=default_ca(ca_bundle),
-                retries=False,
-                headers={"User-Agent": USER_AGENT},
-            )
+        self.pool = http.Pools(
+            num_pools=1024,  # one per tenant host when each tenant has its own name
+            maxsize=max(2, 2 * concurrency),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=http.default_ca(ca_bundle),
+            retries=False,
+            headers={"User-Agent": USER_AGENT},
         )
 
     def base(self, slug: str) -> str:

@@ -5,7 +5,8 @@ records it, and hands the socket to a scripted behaviour (answer, stall, reset, 
 redirect...). Behaviours are chosen per path by `routes`; a list of behaviours for one path is used one
 per request, the last one repeating. Optionally it speaks TLS, and then also records any plain-HTTP
 request that arrives on its port. `BacklogFull` is a port whose connections are never accepted (a
-connect to it times out); `ClosedPort` is a port that refuses connections.
+connect to it times out); `ClosedPort` is a port that refuses connections. `ConnectProxy` is a forward
+proxy that records what it is asked and tunnels CONNECT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,8 @@ class FaultServer:
     routes: dict[str, Behaviour | list[Behaviour]] = field(default_factory=dict)
     tls: ssl.SSLContext | None = None
     listen_after: float = 0.0
+    # With `tls`: the connections (numbered from 1) accepted whose ClientHello is never answered.
+    silent_handshakes: Container[int] = ()
     requests: list[Request] = field(default_factory=list)
     plaintext: list[bytes] = field(default_factory=list)  # plain HTTP sent to a TLS port
     tls_failures: int = 0
@@ -282,14 +285,18 @@ class FaultServer:
                 return
             with self._lock:
                 self.connections += 1
-            threading.Thread(target=self._handle, args=(sock,), daemon=True).start()
+                number = self.connections
+            threading.Thread(target=self._handle, args=(sock, number), daemon=True).start()
 
-    def _handle(self, plain: socket.socket) -> None:
+    def _handle(self, plain: socket.socket, number: int) -> None:
         sock: socket.socket = plain
         with self._lock:
             self._open.add(plain)
         try:
             plain.settimeout(5)
+            if self.tls is not None and number in self.silent_handshakes:
+                Conn(plain, Request("", "", {}, b"", b"", time.monotonic()), self).hold()
+                return
             if self.tls is not None:
                 secure = self._handshake(plain)
                 if secure is None:
@@ -411,6 +418,113 @@ class BacklogFull:
     def close(self) -> None:
         for sock in [*self._fill, self._sock]:
             sock.close()
+
+
+# -- a forward proxy -------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectProxy:
+    """A forward proxy on loopback, as a corporate one: it records the request line of everything it is
+    sent. A CONNECT is tunnelled to its target (bytes copied both ways), unless `on_connect` scripts the
+    proxy's answer instead (a stall, a drip). A plain-HTTP request in absolute form is recorded in
+    `in_clear`, with its headers, and answered 502, never forwarded."""
+
+    on_connect: Behaviour | None = None
+    lines: list[str] = field(default_factory=list)  # "CONNECT 127.0.0.1:443 HTTP/1.1", ...
+    in_clear: list[Request] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://{HOST}:{self.port}"
+        self._thread = threading.Thread(target=self._serve, daemon=True, name=f"proxy-{self.port}")
+        self._thread.start()
+
+    def tunnels(self) -> list[str]:
+        """The host:port of each CONNECT, in order."""
+        with self._lock:
+            return [line.split(" ")[1] for line in self.lines if line.startswith("CONNECT ")]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with self._lock:
+            for sock in list(self._open):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> ConnectProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(sock,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        with self._lock:
+            self._open.add(client)
+        try:
+            client.settimeout(5)
+            request = _read_request(client)
+            if request is None:
+                return
+            with self._lock:
+                self.lines.append(request.raw.split(b"\r\n", 1)[0].decode("latin-1"))
+            if request.method != "CONNECT":
+                with self._lock:
+                    self.in_clear.append(request)
+                client.sendall(head(502, 0, "text/plain"))
+                return
+            if self.on_connect is not None:
+                client.settimeout(None)
+                self.on_connect(Conn(client, request, self))  # type: ignore[arg-type]
+                return
+            host, _, port = request.path.rpartition(":")
+            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+            with self._lock:
+                self._open.add(upstream)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._pump(client, upstream)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(client)
+                if upstream is not None:
+                    self._open.discard(upstream)
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        while not self.stopping.is_set():
+            readable, _, _ = select.select(list(peers), [], [], 0.05)
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                peers[sock].sendall(data)
 
 
 # -- TLS material ----------------------------------------------------------------------------------

@@ -4,11 +4,14 @@ cause, and the token in no artefact or exception."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import html
 import json
 import socket
 import time
 import traceback
+import urllib.parse
 from types import SimpleNamespace
 
 import certifi
@@ -20,6 +23,7 @@ from faultservers import (
     ClosedPort,
     FaultServer,
     assert_fault,
+    assert_no_token,
     dry_runs,
     echoing,
     head,
@@ -153,7 +157,10 @@ def test_cp_connect_timeout_is_bounded_by_cp_timeout(rollout):
         run = rollout(full.url, "--cp-timeout-seconds", "1.5")
     finally:
         full.close()
-    rollout.fault(run, f"control plane unreachable at {full.url}: timed out")
+    rollout.fault(
+        run,
+        f"control plane unreachable at {full.url}: TCP connect to 127.0.0.1:{full.port} did not finish within 1.5 s",
+    )
     assert run.elapsed < 3.5
 
 
@@ -588,3 +595,75 @@ def test_a_429_that_outlasts_the_retries_leaves_the_call_not_attempted_not_unkno
     rollout.fault(run, "HTTP 429", "gave up after 4 attempts")
     assert "outcome is unknown" not in run.errors()[0]  # a 429 was turned away: nothing was done
     assert {t["outcome"] for t in run.report["tenants"]} == {"not-attempted"}
+
+
+# -- a connection that never carried the POST -----------------------------------------------------------
+
+
+def test_cp_tls_handshake_that_times_out_names_its_phase_and_leaves_the_call_not_attempted(
+    rollout, serve, certs, monkeypatch
+):
+    monkeypatch.setattr(cp_module, "CONNECT_TIMEOUT", 0.5)
+    # the enumeration and the scope probe get through; the batch's connection is accepted, its ClientHello ignored
+    routes = {DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}
+    cp = serve(routes, tls=certs.server_context(), silent_handshakes=range(3, 100))
+    run = rollout(cp.url, "--ca-bundle", str(certs.ca), "--cp-timeout-seconds", "3")
+    rollout.fault(
+        run,
+        f"control plane unreachable at {cp.url}: TLS handshake with 127.0.0.1:{cp.port} did not finish within 0.5 s",
+        "would pass the call's deadline",
+    )
+    assert "outcome is unknown" not in run.errors()[0]  # the POST was never sent
+    assert run.elapsed < 2.5  # the connect timeout, not the call's 3 s
+    assert real_calls(cp) == [] and cp.connections == 3
+    assert {t["outcome"] for t in run.report["tenants"]} == {"not-attempted"}
+
+
+def test_cp_tls_handshake_that_times_out_is_sent_again_like_a_connection_that_never_opened(
+    rollout, serve, certs, monkeypatch, fast_retries
+):
+    monkeypatch.setattr(cp_module, "CONNECT_TIMEOUT", 0.5)
+    routes = {DRY: dry_runs("acme", "birch"), REDEPLOY: redeploy_ok}
+    cp = serve(routes, tls=certs.server_context(), silent_handshakes={3})  # only the batch's first connection
+    run = rollout(cp.url, "--ca-bundle", str(certs.ca), "--cp-timeout-seconds", "5")
+    assert run.code == 0, run.log
+    assert len(real_calls(cp)) == 1 and run.report["calls"][-1]["attempts"] == 2
+    assert run.warnings() == [
+        f"::warning::control plane unreachable at {cp.url}: TLS handshake with 127.0.0.1:{cp.port} did not finish "
+        "within 0.5 s (attempt 1 of 4); sending it again in 0.1 s"
+    ]
+
+
+# -- the token in another form -------------------------------------------------------------------------
+
+ODD_TOKEN = "cpt-Echo/Sentinel+7a'Q&z<1>~"  # characters that URL-encoding, HTML and base64 each change
+
+
+def _forms(token: str) -> dict[str, str]:
+    bearer = f"Bearer {token}".encode()
+    return {
+        "url-encoded": urllib.parse.quote(token, safe=""),
+        "url-encoded-plus": urllib.parse.quote_plus(token),
+        "html-escaped": html.escape(token),
+        "html-escaped-decimal": html.escape(token, quote=False).replace("'", "&#39;"),
+        "base64": base64.b64encode(token.encode()).decode(),
+        "base64-urlsafe-unpadded": base64.urlsafe_b64encode(token.encode()).decode().rstrip("="),
+        "base64-bearer": base64.b64encode(bearer).decode(),
+        "base64-basic-credentials": base64.b64encode(f"x:{token}".encode()).decode(),  # another alignment
+    }
+
+
+@pytest.mark.parametrize("form", list(_forms(ODD_TOKEN)))
+def test_cp_error_that_echoes_the_token_in_another_form_is_scrubbed_everywhere(
+    tmp_path, capsys, monkeypatch, serve, form
+):
+    echoed = _forms(ODD_TOKEN)[form]
+    assert echoed != ODD_TOKEN and ODD_TOKEN not in echoed
+    cp = serve({DRY: json_reply({"error": f"rejected {echoed} here"}, 401)})
+    report = tmp_path / "report.json"
+    argv = ["--cp-url", cp.url, "--target-tag", TAG, "--cp-timeout-seconds", "2", "--report", str(report)]
+    run = run_step(main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=ODD_TOKEN)
+    # (in base64 at another alignment, the few characters that hold a neighbour's bits too remain)
+    assert_fault(run, "with HTTP 401: 'rejected ", "*** here'", token=ODD_TOKEN, report_file=report)
+    assert cp.requests[0].headers["authorization"] == f"Bearer {ODD_TOKEN}"
+    assert_no_token(echoed, run.log, run.summary, report.read_text(), *run.outputs.values())

@@ -30,7 +30,8 @@ from faultservers import (
 from support import SHA, TAG, run_step
 
 from fleet import tenant as fleet_tenant
-from fleet.tenant import Tenants
+from fleet.tenant import Tenants, health_problem
+from fleet.vocabulary import State
 from rollout import drive
 from rollout.cli import main as rollout_main
 from verify.cli import main
@@ -309,3 +310,13 @@ def test_tenant_plain_http_to_a_remote_host_is_used_with_allow_http(verify, serv
     verify.fault(run, "2 of 2 tenants failed verification")
     assert verdicts(run)["acme"] == ("unreachable", "healthz: host name not found")
     assert "acme.fleet.invalid" in resolutions  # the opt-in was the only thing in the way
+
+
+def test_tenant_tls_handshake_that_times_out_names_its_phase_and_time(serve, certs):
+    server = serve(tenant("acme"), tls=certs.server_context(), silent_handshakes=range(1, 100))
+    tenants = Tenants(server.url + "/t/{slug}", allow_http=False, ca_bundle=str(certs.ca))
+    began = time.monotonic()
+    reply_ = tenants.get(tenants.base("acme") + "/healthz", time.monotonic() + 0.6)
+    assert time.monotonic() - began < 1.5
+    assert reply_.error == f"TLS handshake with 127.0.0.1:{server.port} did not finish within 0.6 s"
+    assert health_problem(reply_) == (State.UNREACHABLE, f"healthz: {reply_.error}")
