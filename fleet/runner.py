@@ -191,10 +191,32 @@ def set_outputs(outputs: Mapping[str, str]) -> None:
         warning(f"could not write step outputs to GITHUB_OUTPUT: {plain(exc.strerror or exc)}")
 
 
+# GitHub refuses a step summary over 1 MiB; the rollout and its verify may append to the same one.
+MAX_SUMMARY_BYTES = 480 * 1024
+MAX_SUMMARY_LINE = 16 * 1024  # characters
+SUMMARY_CUT = "*… the summary is cut here, at the runner's size limit: the report holds everything.*"
+
+
+def bounded(markdown: str) -> str:
+    """The summary within the runner's limits: each line at most MAX_SUMMARY_LINE characters, the whole
+    at most MAX_SUMMARY_BYTES, cut at a line with SUMMARY_CUT. The summaries cap their own lists long
+    before this; it holds whatever text they quote."""
+    kept: list[str] = []
+    size = len(SUMMARY_CUT) + 8
+    for line in markdown.splitlines():
+        if len(line) > MAX_SUMMARY_LINE:
+            line = line[: MAX_SUMMARY_LINE - 1] + "…"
+        size += len(line.encode("utf-8", "backslashreplace")) + 1
+        if size > MAX_SUMMARY_BYTES:
+            return "\n".join([*kept, "", SUMMARY_CUT])
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def write_summary(markdown: str) -> None:
     """Print the summary to the log (Gitea 1.22 and act do not show summaries) and append it to
     GITHUB_STEP_SUMMARY. A summary that cannot be written is a warning, never a changed verdict."""
-    markdown = scrub(markdown)
+    markdown = bounded(scrub(markdown))
     for line in (markdown if under_runner() else console_markdown(markdown)).splitlines():
         _write(line)
     path = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -22,7 +22,7 @@ def render(
 ) -> str:
     icon = "✅" if ok else "❌"
     title = "Fleet survey after a failed rollout" if survey else f"Fleet verify: {'passed' if ok else 'failed'}"
-    parts = [f"## {icon} {title}", "", md(message), ""]
+    parts = [f"## {icon} {title}", "", md(markdown.clip(message, markdown.MAX_MESSAGE)), ""]
     if counts is None:
         return "\n".join(parts)
     rows = [
@@ -48,7 +48,8 @@ def render(
     if attention:
         parts += ["### Needs attention", ""]
         table = markdown.table(
-            ("tenant", "verdict", "reason"), [(f"`{slug}`", s.state, md(s.reason or "")) for slug, s in attention]
+            ("tenant", "verdict", "reason"),
+            [(f"`{slug}`", s.state, md(markdown.clip(s.reason or ""))) for slug, s in attention],
         )
         parts += [table, ""]
     groups: dict[str, list[str]] = defaultdict(list)
