@@ -85,7 +85,7 @@ def render(
         if len(stragglers) <= markdown.SHOWN:
             parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
         else:  # a command naming thousands of tenants is one line too long for a summary
-            parts += [f"the command for all {len(stragglers)} is the report's `recovery`.", ""]
+            parts += [f"The command for all {len(stragglers)} is in the report, under `recovery`.", ""]
     if result.outside:
         parts += ["### Touched outside the call's scope", ""]
         parts += [

@@ -45,7 +45,7 @@ def every_tenant_failed(conn) -> None:
                                                            "1. … and 17 more calls, see the report"]),
         (["--mode", "fleet", "--max-stragglers", "0"], 1, ["- `tenant-00049`: ssm timed out",
                                                            "- … and 19950 more, see the report",
-                                                           "the command for all 20000 is the report's `recovery`",
+                                                           "for all 20000 is in the report, under `recovery`",
                                                            "| … 19000 more rows in the report |"]),
     ],
     ids=["fleet-dry-run", "scoped-dry-run", "20000-stragglers"],
