@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from functools import cache
@@ -90,18 +91,69 @@ def _no_constants(name: str) -> Any:
     raise ContractError(f"non-standard JSON constant {name}")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400: json would read it as inf, which no strict JSON writer can write back
+        raise ContractError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # past Python's limit on the digits of an int
+        raise ContractError(f"number {text[:40]}... has too many digits") from None
+
+
+# Far deeper than any answer in the contract (a row's field is 3 levels down); every later walk of the
+# document (the schema, the scrubbing, the report's writer) recurses once per level.
+MAX_DEPTH = 64
+
+
+def _well_formed(document: Any) -> None:
+    """Refuse what json.loads accepts but nothing after it can take: nesting deeper than MAX_DEPTH, and
+    a lone UTF-16 surrogate in any string, keys included. Walked with a stack, so it never recurses."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if runner.LONE_SURROGATE.search(value):
+                raise ContractError(f"{_where(path)} holds a lone UTF-16 surrogate: {show(value, 40)}")
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) >= MAX_DEPTH:
+            raise ContractError(f"nested deeper than {MAX_DEPTH} levels, under {_where(path[:3])}")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if runner.LONE_SURROGATE.search(key):
+                    raise ContractError(f"a key under {_where(path)} holds a lone UTF-16 surrogate: {show(key, 40)}")
+                stack.append((item, (*path, key)))
+        else:
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+
+
 def parse_json(body: bytes | str, what: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no duplicate keys. Errors name `what` and the cause."""
+    """Strict JSON: no NaN/Infinity, no number out of range, no duplicate keys, no lone surrogates, no
+    nesting deeper than MAX_DEPTH. Errors name `what` and the cause."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError:
         raise ContractError(f"{what}: body is not UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        document = json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+            parse_float=_finite,
+            parse_int=_integer,
+        )
+        _well_formed(document)
+        return document
     except ContractError as exc:
         raise ContractError(f"{what}: {exc}") from None
     except RecursionError:
-        raise ContractError(f"{what}: JSON nested too deeply") from None
+        raise ContractError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise ContractError(f"{what}: body is not JSON: {show(text.strip(), 60)}") from None
 

@@ -35,7 +35,7 @@ def now() -> str:
 
 def write(path: str, report: dict[str, Any]) -> bool:
     """Write atomically; on failure warn and return False (the verdict stands either way)."""
-    text = json.dumps(runner.scrub_values(report), indent=2, sort_keys=False) + "\n"
+    text = _strict_json(report)
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,19 @@ def write(path: str, report: dict[str, Any]) -> bool:
         runner.warning(f"could not write the report {runner.plain(path)}: {runner.plain(exc.strerror or exc)}")
         return False
     return True
+
+
+def _strict_json(report: dict[str, Any]) -> str:
+    """The report as strict JSON, which verify reads back: no NaN or Infinity, no lone surrogate. Should
+    it hold what JSON cannot (nesting too deep to walk), the verdict and the message are still written."""
+    try:
+        return json.dumps(runner.scrub_values(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except (ValueError, TypeError, RecursionError) as exc:
+        cause = f"the full report could not be written as JSON ({type(exc).__name__})"
+        runner.warning(cause)
+        message = runner.scrub_values(str(report.get("message", "")))
+        least = {"schema_version": 1, "ok": report.get("ok") is True, "message": f"{message} ({cause})"}
+        return json.dumps(least, indent=2) + "\n"
 
 
 def read(path: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import math
 import os
 import re
 import secrets as _secrets
@@ -81,13 +82,16 @@ def _aligned_base64(data: bytes) -> list[bytes]:
 
 
 def scrub_values(value: Any) -> Any:
-    """A JSON-like structure with every string scrubbed (keys included); the structure stays valid."""
+    """A JSON-like structure as strict JSON can hold it: every string scrubbed and its lone surrogates
+    escaped (keys included), a number that is not finite null; the structure stays valid."""
     if isinstance(value, str):
-        return scrub(value)
+        return encodable(scrub(value))
     if isinstance(value, list):
         return [scrub_values(v) for v in value]
     if isinstance(value, dict):
         return {scrub_values(k): scrub_values(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -97,6 +101,16 @@ def scrub(text: str) -> str:
     return text
 
 
+# What json.loads makes of a "\ud83d" escape with no pair: a str that no UTF-8 writer can encode.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone UTF-16 surrogate (a message cut mid-emoji, an undecodable byte of argv) as
+    its escape `\\udXXX`: UTF-8 can encode the rest, and strict JSON can read it back."""
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 def _control(match: re.Match) -> str:
     char = match.group(0)
     return {"\n": "\\n", "\r": "\\r", "\t": " "}.get(char, f"\\x{ord(char):02x}")
@@ -104,7 +118,7 @@ def _control(match: re.Match) -> str:
 
 def plain(text: object) -> str:
     """Untrusted text as one inert log line: no control characters, no `::` or `##[` to start a command."""
-    line = _CONTROL.sub(_control, scrub(str(text)))
+    line = _CONTROL.sub(_control, encodable(scrub(str(text))))
     return line.replace("::", ":\\:").replace("##[", "#\\#[")
 
 
@@ -128,7 +142,13 @@ def _escape_data(text: str) -> str:
 
 def _write(line: str) -> None:
     try:
-        sys.stdout.write(line + "\n")
+        try:
+            sys.stdout.write(line + "\n")
+        except UnicodeEncodeError:
+            # A stdout that is not UTF-8 (LC_ALL=C, PYTHONIOENCODING=ascii) cannot take `✅`: the line is
+            # written with what its encoding cannot hold escaped (nothing was written before the error).
+            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+            sys.stdout.write((line + "\n").encode(encoding, "backslashreplace").decode(encoding, "replace"))
         sys.stdout.flush()
     except BrokenPipeError:  # `| head` went away: the step goes on, quietly
         stop_writing()
@@ -197,16 +217,38 @@ def set_outputs(outputs: Mapping[str, str]) -> None:
         delimiter = f"ghadelimiter_{_secrets.token_hex(8)}"
         lines.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
     try:
-        with open(path, "a", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write("".join(lines))
     except OSError as exc:
         warning(f"could not write step outputs to GITHUB_OUTPUT: {plain(exc.strerror or exc)}")
 
 
+# GitHub refuses a step summary over 1 MiB; the rollout and its verify may append to the same one.
+MAX_SUMMARY_BYTES = 480 * 1024
+MAX_SUMMARY_LINE = 16 * 1024  # characters
+SUMMARY_CUT = "*… the summary is cut here, at the runner's size limit: the report holds everything.*"
+
+
+def bounded(markdown: str) -> str:
+    """The summary within the runner's limits: each line at most MAX_SUMMARY_LINE characters, the whole
+    at most MAX_SUMMARY_BYTES, cut at a line with SUMMARY_CUT. The summaries cap their own lists long
+    before this; it holds whatever text they quote."""
+    kept: list[str] = []
+    size = len(SUMMARY_CUT) + 8
+    for line in markdown.splitlines():
+        if len(line) > MAX_SUMMARY_LINE:
+            line = line[: MAX_SUMMARY_LINE - 1] + "…"
+        size += len(line.encode("utf-8", "backslashreplace")) + 1
+        if size > MAX_SUMMARY_BYTES:
+            return "\n".join([*kept, "", SUMMARY_CUT])
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def write_summary(markdown: str) -> None:
     """Print the summary to the log (Gitea 1.22 and act do not show summaries) and append it to
     GITHUB_STEP_SUMMARY. A summary that cannot be written is a warning, never a changed verdict."""
-    markdown = scrub(markdown)
+    markdown = bounded(scrub(markdown))
     for line in (markdown if under_runner() else console_markdown(markdown)).splitlines():
         _write(line)
     path = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -215,7 +257,7 @@ def write_summary(markdown: str) -> None:
             warning("GITHUB_STEP_SUMMARY is not set; the summary above is in the log only")
         return
     try:
-        with open(path, "a", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(markdown.rstrip("\n") + "\n\n")
     except OSError as exc:
         warning(f"could not write the step summary ({plain(exc.strerror or exc)}); it is in the log above")

@@ -7,6 +7,7 @@ becomes quarantined when the budget allows it and the rollout ships.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 
@@ -78,7 +79,7 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 'es' if noun.endswith('ch') else 's'}"
 
 
-def listed(items: list[str], limit: int = 10) -> str:
-    """`a, b, c`, and past `limit` items `... and N more`: a list named in one line."""
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
+def listed(items: Sequence[str], limit: int = 10, more: str = " and {count} more") -> str:
+    """`a, b, c`, and past `limit` items `a, b and N more` (`more` words the rest): a list named in one line."""
+    rest = more.format(count=len(items) - limit) if len(items) > limit else ""
+    return ", ".join(items[:limit]) + rest

@@ -12,8 +12,9 @@ from typing import Any
 
 from fleet import contract, http, inputs
 from fleet.contract import ContractError, show
+from fleet.markdown import MORE, SHOWN
 from fleet.tenant import REQUEST_SECONDS, TenantAccess
-from fleet.vocabulary import counted
+from fleet.vocabulary import counted, listed
 from verify.settings import settings_from as verify_settings
 
 BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
@@ -242,12 +243,15 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
 
 
 def plan_lines(settings: Settings, plan: Plan) -> list[str]:
-    """The calls the plan makes, in order, one line each: which tenants go in which call."""
+    """The calls the plan makes, in order, one line each: which tenants go in which call. Past SHOWN calls
+    or SHOWN tenants in one call the rest is counted, not named: the report's plan holds every batch."""
     if settings.mode == "fleet":
         canary = f"canary {plan.canary}, then " if plan.canary else ""
         return [f"call 1 (fleet, the control plane drives): {canary}{counted(len(plan.scope), 'tenant')} in batches of "
-                f"{settings.batch_size}: {', '.join(plan.scope)}"]  # fmt: skip
+                f"{settings.batch_size}: {listed(plan.scope, SHOWN, MORE)}"]  # fmt: skip
     lines = [f"call 1 (canary): {plan.canary}"] if plan.canary else []
-    for number, batch in enumerate(plan.batches, start=1):
-        lines.append(f"call {len(lines) + 1} (batch {number}): {', '.join(batch)}")
+    for number, batch in enumerate(plan.batches[:SHOWN], start=1):
+        lines.append(f"call {len(lines) + 1} (batch {number}): {listed(batch, SHOWN, MORE)}")
+    if len(plan.batches) > SHOWN:
+        lines.append(f"… and {counted(len(plan.batches) - SHOWN, 'more call')}, see the report")
     return lines

@@ -51,7 +51,7 @@ def render(
     verdict: RolloutVerdict, message: str, settings: Settings | None, plan: Plan | None, result: Result | None
 ) -> str:
     icon = ICONS.get(verdict, "❌")
-    parts = [f"## {icon} Fleet rollout: {verdict}", "", md(message), ""]
+    parts = [f"## {icon} Fleet rollout: {verdict}", "", md(markdown.clip(message, markdown.MAX_MESSAGE)), ""]
     if plan is None or result is None or settings is None:
         return "\n".join(parts)
     tenants = list(result.tenants.values())
@@ -73,14 +73,22 @@ def render(
     if stragglers:
         title = "Quarantined: recover individually" if result.ok else "Stragglers"
         parts += [f"### {title}", ""]
-        parts += [f"- `{o.slug}`{f' ({o.step})' if o.step else ''}: {md(o.reason or '')}" for o in stragglers]
+        parts += [
+            f"- `{o.slug}`{f' ({o.step})' if o.step else ''}: {md(markdown.clip(o.reason or ''))}"
+            for o in stragglers[: markdown.SHOWN]
+        ]
+        if len(stragglers) > markdown.SHOWN:
+            parts.append("- " + markdown.MORE.format(count=len(stragglers) - markdown.SHOWN).strip())
         parts += [
             "",
             "Once fixed, redeploy just these strictly and verify them (where the action is installed: "
             "`pip install` of its repository), or run the recovery workflow with `slugs:` set to them:",
             "",
         ]
-        parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
+        if len(stragglers) <= markdown.SHOWN:
+            parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
+        else:  # a command naming thousands of tenants is one line too long for a summary
+            parts += [f"The command for all {len(stragglers)} is in the report, under `recovery`.", ""]
     if result.outside:
         parts += ["### Touched outside the call's scope", ""]
         parts += [
@@ -93,7 +101,8 @@ def render(
     for line in result.notes:
         parts.append(f"> {md(line)}")
     # The action's own step (`batch 2/3`, as the log says), not the control plane's label for its row.
-    tenant_rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(t.reason or "")) for t in tenants]
+    clip = markdown.clip
+    tenant_rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(clip(t.reason or ""))) for t in tenants]
     parts += [
         "",
         markdown.fold(

@@ -23,7 +23,7 @@ def render(
 ) -> str:
     icon = ("⚠️" if caution else "✅") if ok else "❌"
     title = "Fleet survey after a failed rollout" if survey else f"Fleet verify: {'passed' if ok else 'failed'}"
-    parts = [f"## {icon} {title}", "", md(message), ""]
+    parts = [f"## {icon} {title}", "", md(markdown.clip(message, markdown.MAX_MESSAGE)), ""]
     if caution:
         parts += [f"> {md(caution)}", ""]
     if counts is None:
@@ -51,7 +51,8 @@ def render(
     if attention:
         parts += ["### Needs attention", ""]
         table = markdown.table(
-            ("tenant", "verdict", "reason"), [(f"`{slug}`", s.state, md(s.reason or "")) for slug, s in attention]
+            ("tenant", "verdict", "reason"),
+            [(f"`{slug}`", s.state, md(markdown.clip(s.reason or ""))) for slug, s in attention],
         )
         parts += [table, ""]
     groups: dict[str, list[str]] = defaultdict(list)
