@@ -269,7 +269,7 @@ class _Driver:
         spent: list[str] = []
         for number, batch in enumerate(plan.batches, start=1):
             unspent = plan.budget - len(spent)
-            runner.log(f"batch {number}/{len(plan.batches)}: {', '.join(batch)} (budget left {unspent})")
+            runner.log(f"batch {number}/{len(plan.batches)}: {listed(batch)} (budget left {unspent})")
             body = planning.batch_body(settings, batch, unspent)
             answer = self.call(body, "batch", batch, f"the batch {number} call", f"batch {number}/{len(plan.batches)}")
             spent += [s for s in batch if result.tenants[s].outcome == Outcome.STRAGGLER]
@@ -279,7 +279,7 @@ class _Driver:
                 raise Stop(
                     RolloutVerdict.SYSTEMIC,
                     f"systemic failure: {coverage.tolerance_message(len(spent), plan.budget)} "
-                    f"({', '.join(spent)}); halted at batch {number} of {len(plan.batches)}, "
+                    f"({listed(spent)}); halted at batch {number} of {len(plan.batches)}, "
                     f"{counted(left, 'tenant')} left on their old build{_said(answer)}",
                     halted,
                 )
@@ -307,7 +307,7 @@ class _Driver:
         spent = [s for s in plan.scope if s != plan.canary and result.tenants[s].outcome == Outcome.STRAGGLER]
         if coverage.over_budget(len(spent), plan.budget):
             tolerance = coverage.tolerance_message(len(spent), plan.budget)
-            raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({', '.join(spent)}){_said(answer)}")
+            raise Stop(RolloutVerdict.SYSTEMIC, f"systemic failure: {tolerance} ({listed(spent)}){_said(answer)}")
         if not answer.succeeded and not self.failed_for_stragglers_only(answer, plan.scope):
             raise Stop(RolloutVerdict.FAILED, f"control plane reported the fleet call failed: {answer.error}")
         self.finish(spent)
@@ -321,7 +321,7 @@ class _Driver:
         if answer.status != 500 or not covered or not stragglers:
             return False
         runner.notice(
-            f"the control plane answered HTTP 500 for stragglers the budget allows ({', '.join(stragglers)}), "
+            f"the control plane answered HTTP 500 for stragglers the budget allows ({listed(stragglers)}), "
             "as an older control plane does; the rollout goes on"
         )
         return True
@@ -346,6 +346,5 @@ class _Driver:
         result.message = f"shipped {self.settings.target_tag} to {redeployed} of {counted(len(plan.scope), 'tenant')}"
         if spent:
             result.message += (
-                f"; {len(spent)} quarantined within the budget of {plan.budget} ({', '.join(spent)}): "
-                "recover individually"
+                f"; {len(spent)} quarantined within the budget of {plan.budget} ({listed(spent)}): recover individually"
             )

@@ -125,7 +125,7 @@ def test_verify_passes_only_when_a_tenant_was_verified_or_every_one_is_held():
     stale = Seen(State.STALE, "serves build 0123")
     decide = verdict.decide
     assert decide({"acme": verified, "reno": held}, SHA, source="--slugs") == verdict.Verdict(
-        True, f"all 1 tenant verified on {SHA[:12]}; 1 quarantined"
+        True, f"the 1 tenant verified on {SHA[:12]}; 1 quarantined"
     )
     nothing = decide({"acme": newer, "reno": held}, SHA, source="--slugs")
     assert nothing.ok and nothing.caution.startswith("nothing was verified")

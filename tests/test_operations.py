@@ -304,7 +304,7 @@ def test_a_systemic_halt_is_surveyed_every_tenants_build_reported_and_the_step_s
     assert all(t["build"] for t in tenants.values())  # each answered with its build
     assert tenants["harbor"]["rollout_outcome"] == "not-attempted" and tenants["harbor"]["build"] != SHA
     assert tenants["harbor"]["next_step"].startswith("roll forward")
-    assert tenants["cobalt"]["next_step"].startswith("recover it")
+    assert tenants["cobalt"]["next_step"].startswith("recover:")
     assert tenants["acme"]["state"] == "verified" and tenants["acme"]["next_step"] is None
     assert "Fleet survey after a failed rollout" in run.summary and "### Who runs which build" in run.summary
     assert "### Next steps" in run.summary

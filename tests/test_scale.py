@@ -66,6 +66,9 @@ def test_a_fleet_of_20000_keeps_the_rollout_summary_under_the_runners_limit(
     assert len(run.report["tenants"]) == len(FLEET)  # the report has every one
     if code:
         assert len(run.report["stragglers"]) == len(FLEET) and "tenant-19999" in run.report["recovery"]
+        # The ::error:: line names the first stragglers and counts the rest: one line, not the whole fleet.
+        (error,) = run.errors()
+        assert len(error) < 4096 and "and 19990 more" in error
 
 
 def test_a_fleet_of_20000_quarantined_keeps_the_verify_summary_under_the_runners_limit(tmp_path, capsys, monkeypatch):

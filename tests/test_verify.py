@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -340,3 +341,17 @@ def test_verify_run_again_on_its_own_report_decides_ok_afresh(start, verify, tmp
     second = verify(sb, "--slugs", "acme,birch", "--verify-timeout-seconds", "10", report=path)
     assert second.code == 0 and second.outputs["ok"] == "true"  # not the first run's false, read back
     assert second.report["ok"] is True and second.report["message"].startswith("all 2 tenants verified")
+
+
+def test_next_steps_read_right_for_any_number_of_tenants_and_never_ask_an_untouched_one_to_be_fixed():
+    from fleet.vocabulary import Outcome
+    from verify.verdict import Seen, next_step
+
+    steps = {
+        (state, outcome): next_step(Seen(state, "why"), outcome) for state in State for outcome in [None, *Outcome]
+    }
+    said = [step for step in steps.values() if step]
+    # The summary groups tenants under one next step ("recover: `a`, `b`, `c`"): no "it" that counts them.
+    assert said and not any(re.search(r"\bit\b", step) for step in said)
+    untouched = next_step(Seen(State.STALE, "old build"), Outcome.NOT_ATTEMPTED)
+    assert untouched is not None and untouched.startswith("roll forward") and "nothing to fix" in untouched

@@ -73,14 +73,17 @@ def next_step(seen: Seen, outcome: Outcome | None = None) -> str | None:
     if seen.state.passing:
         return None
     if seen.state == State.QUARANTINED or outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED, Outcome.UNKNOWN):
-        return "recover it: redeploy it strictly (slugs, max-stragglers 0) once its fault is fixed"
+        return "recover: once the tenant's fault is fixed, redeploy strictly (slugs, max-stragglers 0)"
     if outcome == Outcome.NOT_ATTEMPTED:
-        return "roll forward: the rollout never reached it; run it again for these tenants (slugs) once fixed"
+        return (
+            "roll forward: never reached by the rollout, nothing to fix on the tenant; "
+            "run the rollout again for the tenants (slugs)"
+        )
     if seen.state == State.STALE:
-        return "investigate: healthy but on another build; then redeploy it (slugs)"
+        return "investigate: healthy but on another build; then redeploy (slugs)"
     if seen.state == State.UNHEALTHY:
-        return "investigate: check its health endpoint and logs; then redeploy it (slugs)"
-    return "investigate: check that it runs and is reachable (DNS, network, TLS)"
+        return "investigate: check the health endpoint and logs; then redeploy (slugs)"
+    return "investigate: check that the tenant runs and is reachable (DNS, network, TLS)"
 
 
 def counts(seen: dict[str, Seen]) -> dict[str, int]:
@@ -130,7 +133,9 @@ def decide(
         held += f"; {tally[State.QUARANTINED]} quarantined"
     sha = expected_sha[:12]
     if tally[State.VERIFIED]:
-        return Verdict(True, f"all {counted(tally[State.VERIFIED], 'tenant')} verified on {sha}{held}")
+        verified = tally[State.VERIFIED]
+        every = "the 1 tenant" if verified == 1 else f"all {verified} tenants"
+        return Verdict(True, f"{every} verified on {sha}{held}")
     return Verdict(
         True,
         f"no tenant verified on {sha}{held}",
