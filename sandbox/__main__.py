@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from .scenario import BEHAVIOURS, FAULTS, load_scenario, preset_names
@@ -117,14 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _names(slugs: list) -> str:
+def _names(slugs: list[str]) -> str:
     shown = ", ".join(str(s) for s in slugs[:SHOW_SLUGS])
     return shown + (f" and {len(slugs) - SHOW_SLUGS} more" if len(slugs) > SHOW_SLUGS else "")
 
 
 def _describe(sb: Sandbox) -> list[str]:
     scenario = sb.scenario
-    by_behaviour: dict[str, list] = defaultdict(list)
+    by_behaviour: dict[str, list[str]] = defaultdict(list)
     for tenant in scenario["tenants"]:
         by_behaviour[tenant["behaviour"]].append(tenant["slug"])
     lines = []
@@ -184,7 +185,7 @@ def _write_url(path: str, url: str) -> None:
     os.replace(tmp, target)
 
 
-def _post(url: str, doc: dict) -> int:
+def _post(url: str, doc: dict[str, Any]) -> int:
     """POST `doc` to a running sandbox and print its answer; 0 when it took the change."""
     if not url.startswith(("http://", "https://")):
         print(f"sandbox: --url must be an http:// URL, not {url!r}", file=sys.stderr)
@@ -217,7 +218,7 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _forge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    doc: dict = {}
+    doc: dict[str, Any] = {}
     if args.head is not None or args.unknown_head:
         doc["head"] = None if args.unknown_head else args.head
     variables: dict[str, str | None] = {}

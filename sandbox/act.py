@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -77,7 +78,9 @@ class Act:
         self.workdir = workdir
         self.cache = cache
 
-    def run(self, workflow: dict, scratch: Path, env: dict[str, str] | None = None, timeout: float = 180) -> ActRun:
+    def run(
+        self, workflow: dict[str, Any], scratch: Path, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> ActRun:
         scratch.mkdir(parents=True, exist_ok=True)
         result_dir = scratch / "result"
         result_dir.mkdir(exist_ok=True)

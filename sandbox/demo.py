@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sandbox import Sandbox, load_scenario
 from sandbox.act import Act, find_act, project_copy
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEEP = ROOT / ".demo"  # git-ignored: the demo's reports outlive the run
 
 
-def workflow(sandbox: Sandbox, head: str) -> dict:
+def workflow(sandbox: Sandbox, head: str) -> dict[str, Any]:
     return {
         "on": "push",
         "jobs": {
@@ -92,7 +93,7 @@ def show_log(log: str) -> None:
             print("   " + text.rstrip())
 
 
-def explain(sandbox: Sandbox, head: str, outputs: dict, outcome: str, report: Path | None) -> None:
+def explain(sandbox: Sandbox, head: str, outputs: dict[str, Any], outcome: str, report: Path | None) -> None:
     state = sandbox.state()["tenants"]
     shipped = sorted(s for s, t in state.items() if t["serving_sha"] == head)
     held = sorted(s for s, t in state.items() if t["serving_sha"] != head)

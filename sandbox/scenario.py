@@ -29,7 +29,7 @@ import os
 import re
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, cast
 
 import yaml
 
@@ -116,10 +116,10 @@ class _Checker:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def fail(self, where: str, message: str) -> None:
+    def fail(self, where: str, message: str) -> NoReturn:
         raise ValueError(f"bad scenario {self.source}: {where}: {message}")
 
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict:
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
             self.fail(where, f"must be a mapping, not {type(value).__name__}")
         unknown = [k for k in value if k not in allowed]
@@ -148,7 +148,7 @@ class _Checker:
         """An HTTP status to answer with, or None."""
         if value is not None and value not in _STATUSES:
             self.fail(where, f"must be an HTTP status from 200 to 599 (e.g. 403, 500) or null, not {value!r}")
-        return value
+        return cast("int | None", value)
 
     def text(self, value: Any, where: str, default: str | None, *, empty: bool = False) -> str | None:
         if value is None:
@@ -165,14 +165,14 @@ class _Checker:
             return default
         if value not in choices:
             self.fail(where, f"{value!r} is not one of {', '.join(choices)}{hint}")
-        return value
+        return cast(str, value)
 
     def flag(self, value: Any, where: str) -> bool | None:
         if value is not None and not isinstance(value, bool):
             self.fail(where, f"must be true, false or null, not {value!r}")
         return value
 
-    def slugs(self, value: Any, where: str, known: set) -> list[str]:
+    def slugs(self, value: Any, where: str, known: set[str]) -> list[str]:
         value = value or []
         if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
             self.fail(where, "must be a list of slugs")
@@ -199,7 +199,7 @@ class _Checker:
                     self.fail(f"{where}.{name}", "must be a string (leave the variable out to leave it unset)")
         return result
 
-    def tenant(self, value: Any, where: str, defaults: dict | None = None) -> dict:
+    def tenant(self, value: Any, where: str, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         """One tenant entry. The slug is served as given, even when it is not a valid slug."""
         if isinstance(value, str):
             value = {"slug": value}
@@ -238,7 +238,7 @@ class _Checker:
             self.fail("health_paths", "names a path twice")
         return list(value)
 
-    def forge(self, value: Any) -> dict:
+    def forge(self, value: Any) -> dict[str, Any]:
         value = value or {}
         self.mapping(value, "forge", FORGE_KEYS)
         repository = self.text(value.get("repository"), "forge.repository", DEFAULT_REPOSITORY)
@@ -251,7 +251,7 @@ class _Checker:
         steps = value.get("after_calls") or []
         if not isinstance(steps, list):
             self.fail("forge.after_calls", "must be a list of {calls: N, head: SHA} / {calls: N, variables: {...}}")
-        after: list[dict] = []
+        after: list[dict[str, Any]] = []
         for i, step in enumerate(steps):
             where = f"forge.after_calls[{i}]"
             self.mapping(step, where, AFTER_CALL_KEYS)
@@ -276,7 +276,7 @@ class _Checker:
         }
 
 
-def normalize(doc: Any, source: str = "scenario", name: str = "") -> dict:
+def normalize(doc: Any, source: str = "scenario", name: str = "") -> dict[str, Any]:
     """A scenario document checked and completed with defaults; raises ValueError naming the problem.
 
     Generated ``fleet`` tenants are expanded into ``tenants``, so the result can be normalized again.
@@ -343,7 +343,7 @@ def normalize(doc: Any, source: str = "scenario", name: str = "") -> dict:
     }
 
 
-def load_scenario(scenario: str | os.PathLike | dict) -> dict:
+def load_scenario(scenario: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
     """A scenario, validated and with defaults filled.
 
     `scenario` is a preset name (``incident``, see `preset_names`), a path to a YAML file (or JSON, which

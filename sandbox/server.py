@@ -70,8 +70,8 @@ def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    doc: dict = {}
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
             raise ValueError(f"key {show(key)} appears twice")
@@ -163,7 +163,7 @@ class _Tenant:
         "live",
     )
 
-    def __init__(self, spec: dict, old: _Build) -> None:
+    def __init__(self, spec: dict[str, Any], old: _Build) -> None:
         self.slug: Any = spec["slug"]
         self.behaviour: str = spec["behaviour"]
         self.ready_after = float(spec["ready_after"])
@@ -230,7 +230,7 @@ class _Tenant:
             return HEALTH_UP if self.flaps % 2 else HEALTH_DOWN
         return HEALTH_UP
 
-    def cp_result(self, phase: str, build: _Build) -> dict:
+    def cp_result(self, phase: str, build: _Build) -> dict[str, Any]:
         """What the control plane claims about this tenant after redeploying it."""
         if self.cp_verified is not None:
             verified = self.cp_verified
@@ -266,7 +266,7 @@ class _Tenant:
             )
         return result
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {
             "behaviour": self.behaviour,
             "deployed_tag": self.deployed_tag,
@@ -521,7 +521,7 @@ class Sandbox:
         self.token: str = self.scenario["token"]
         self._latency = self.scenario["latency_ms"] / 1000.0
         self._health_paths = frozenset(self.scenario["health_paths"])
-        self._fault: dict = self.scenario["control_plane"]
+        self._fault: dict[str, Any] = self.scenario["control_plane"]
         self._gateway_left: int = self._fault["times"]
         forge = self.scenario["forge"]
         self.forge_token: str = forge["token"]
@@ -530,7 +530,7 @@ class Sandbox:
         self._head: str | None = forge["head"]
         self._variables: dict[str, str] = dict(forge["variables"])
         self._variable_status: int | None = forge["variable_status"]
-        self._after_calls: list[dict] = copy.deepcopy(forge["after_calls"])
+        self._after_calls: list[dict[str, Any]] = copy.deepcopy(forge["after_calls"])
         self._real_calls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -542,9 +542,9 @@ class Sandbox:
         for tenant in self._tenants:
             if isinstance(tenant.slug, str) and tenant.slug:
                 self._routes.setdefault(tenant.slug, tenant)
-        self._hits: dict[str, list[dict]] = {slug: [] for slug in self._routes}
-        self._calls: list[dict] = []
-        self._forge_calls: list[dict] = []
+        self._hits: dict[str, list[dict[str, Any]]] = {slug: [] for slug in self._routes}
+        self._calls: list[dict[str, Any]] = []
+        self._forge_calls: list[dict[str, Any]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -620,45 +620,45 @@ class Sandbox:
         return self._branch
 
     @property
-    def slugs(self) -> list:
+    def slugs(self) -> list[str]:
         """Every tenant in scenario order, stopped ones included."""
         return [t.slug for t in self._tenants]
 
     @property
-    def candidates(self) -> list:
+    def candidates(self) -> list[str]:
         """The rollout candidates, in order: exactly the rows of a fleet-wide dry run (without faults)."""
         with self._lock:
             return [t.slug for t in self._tenants if t.candidate]
 
     @property
-    def cp_calls(self) -> list[dict]:
+    def cp_calls(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._calls)
 
     @property
-    def forge_calls(self) -> list[dict]:
+    def forge_calls(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._forge_calls)
 
     @property
-    def tenant_hits(self) -> dict[str, list[dict]]:
+    def tenant_hits(self) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
             return {slug: [dict(h) for h in hits] for slug, hits in self._hits.items()}
 
     @property
-    def forge(self) -> dict:
+    def forge(self) -> dict[str, Any]:
         """The forge's state: repository, branch, head (None: the branch is unknown) and variables."""
         with self._lock:
             return self._forge_state()
 
-    def tenant_state(self, slug: str) -> dict:
+    def tenant_state(self, slug: str) -> dict[str, Any]:
         """One tenant's state, as in ``state()["tenants"]`` plus its slug; KeyError for an unknown slug."""
         with self._lock:
             tenant = self._tenant(slug)
             tenant.settle(time.time())
             return {"slug": slug, **tenant.state()}
 
-    def set_behaviour(self, slug: str, behaviour: str) -> dict:
+    def set_behaviour(self, slug: str, behaviour: str) -> dict[str, Any]:
         """Change a tenant's behaviour now (thread-safe); returns its new state.
 
         The tenant keeps the build it serves: the behaviour decides its health from now on and what its
@@ -690,10 +690,10 @@ class Sandbox:
         with self._lock:
             self._set_variable(name, value)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """What ``GET /sandbox/state`` answers: calls, hit counts, each tenant's build and the forge."""
         with self._lock:
-            tenants: dict[str, dict] = {}
+            tenants: dict[str, dict[str, Any]] = {}
             now = time.time()
             for tenant in self._tenants:
                 tenant.settle(now)
@@ -718,7 +718,7 @@ class Sandbox:
             raise KeyError(f"no such tenant: {show(slug)}")
         return tenant
 
-    def _tenant_update(self, slug: str, raw: bytes) -> dict:
+    def _tenant_update(self, slug: str, raw: bytes) -> dict[str, Any]:
         if slug not in self._routes:
             raise KeyError(f"no such tenant: {show(slug)}")
         body = parse_json(raw, "request body")
@@ -726,7 +726,7 @@ class Sandbox:
             raise ValueError('send {"behaviour": "<' + "|".join(BEHAVIOURS) + '>"}')
         return self.set_behaviour(slug, body["behaviour"])
 
-    def _forge_update(self, raw: bytes) -> dict:
+    def _forge_update(self, raw: bytes) -> dict[str, Any]:
         body = parse_json(raw, "request body")
         if not isinstance(body, dict) or not body or set(body) - {"head", "variables"}:
             raise ValueError('send {"head": "<sha>" or null, "variables": {"NAME": "value" or null}} (either key)')
@@ -749,7 +749,7 @@ class Sandbox:
         else:
             self._variables[name] = value
 
-    def _forge_state(self) -> dict:
+    def _forge_state(self) -> dict[str, Any]:
         return {
             "repository": self._repository,
             "branch": self._branch,
@@ -763,7 +763,7 @@ class Sandbox:
             return False
         return hmac.compare_digest(credentials.strip().encode("utf-8"), self.forge_token.encode("utf-8"))
 
-    def _forge_read(self, github: bool, rest: str) -> tuple[int, dict]:
+    def _forge_read(self, github: bool, rest: str) -> tuple[int, dict[str, Any]]:
         parts = [unquote(p) for p in rest.strip("/").split("/")]
         not_found = 404, {"message": "Not Found"}
         if len(parts) < 5 or parts[0] != "repos" or f"{parts[1]}/{parts[2]}".lower() != self._repository.lower():
@@ -809,7 +809,7 @@ class Sandbox:
 
     def _fault_for(self, dry_run: bool) -> str:
         if self._fault["on"] in ("dry_run" if dry_run else "redeploy", "both"):
-            return self._fault["fault"]
+            return str(self._fault["fault"])
         return "none"
 
     def _broken(self, fault: str) -> Answer | None:
@@ -850,7 +850,7 @@ class Sandbox:
         return _json(status, doc)
 
     @staticmethod
-    def _request(body: dict) -> dict:
+    def _request(body: dict[str, Any]) -> dict[str, Any]:
         """The request's known fields, type-checked, with defaults; unknown fields are ignored."""
         request: dict[str, Any] = {
             "canary_slug": "",
@@ -884,7 +884,7 @@ class Sandbox:
             raise BadRequest("confirm: true is required for a fleet-wide redeploy")
         return request
 
-    def _scope(self, request: dict) -> tuple[list[_Tenant], _Tenant | None]:
+    def _scope(self, request: dict[str, Any]) -> tuple[list[_Tenant], _Tenant | None]:
         """The tenants a request covers (lock held): its only_slugs in request order, else every candidate."""
         if "only_slugs" in request:
             seen: set[str] = set()
@@ -915,7 +915,9 @@ class Sandbox:
                 canary = tenant
         return scope, canary
 
-    def _run(self, request: dict, scope: list[_Tenant], canary: _Tenant | None, fault: str) -> tuple[int, dict]:
+    def _run(
+        self, request: dict[str, Any], scope: list[_Tenant], canary: _Tenant | None, fault: str
+    ) -> tuple[int, dict[str, Any]]:
         """Canary, soak, then batches, with the straggler budget checked after every batch."""
         lenient = fault == "ok_despite_unverified"
         keyless = fault == "no_stragglers_key"
@@ -924,7 +926,7 @@ class Sandbox:
         rest = [t for t in scope if t is not canary]
         batch_size = request["batch_size"]
         batches = [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
-        results: list[dict] = []
+        results: list[dict[str, Any]] = []
 
         if request["dry_run"]:
             plan = [(canary, "canary")] if canary else []
@@ -934,7 +936,7 @@ class Sandbox:
 
         build = self._build(request["target_tag"])
 
-        def deploy(tenant: _Tenant, phase: str, now: float) -> dict:
+        def deploy(tenant: _Tenant, phase: str, now: float) -> dict[str, Any]:
             """Redeploy one tenant (lock held); its row, before the faults that change rows apply."""
             tenant.redeploy(build, now)
             row = tenant.cp_result(phase, build)
