@@ -42,6 +42,8 @@ class Kind(str, Enum):
 
 @dataclass(frozen=True)
 class Input:
+    """One input, as data: everything else about it (flag, help, environment, reader) derives from it."""
+
     name: str
     kind: Kind
     help: str
