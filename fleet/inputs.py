@@ -1,120 +1,197 @@
-"""The action's inputs, in one table: flags for the command line, GHA_FLEET_* variables for the action,
-and the typed readers that turn their strings into values or a clear error."""
+"""The action's inputs, in one list: each input's name, kind, defaults and the steps that read it. The
+command line's flags, the action's environment (FLEET_INPUTS), the typed readers behind the settings and
+the recovery command all derive from it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 from fleet import http, runner
-from fleet.contract import ContractError, show
+from fleet.contract import ContractError, parse_slug_list, show
 from fleet.tenant import TenantAccess
 
-ENV_PREFIX = "GHA_FLEET_"
+# How action.yml hands a step its inputs: `${{ toJSON(inputs) }}`, every input (tokens included) in one
+# JSON object, so that an input needs no line of its own in each step's `env:`.
+ACTION_INPUTS = "FLEET_INPUTS"
+ROLLOUT, VERIFY = "rollout", "verify"
+BOTH = (ROLLOUT, VERIFY)
+REQUIRED = "required"
+MAX_CONCURRENCY = 512  # two threads per tenant polled at once
+
+
+class Kind(str, Enum):
+    """What an input's string holds, and so how it is read and checked."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    SECONDS = "seconds"
+    BOOLEAN = "boolean"
+    SLUGS = "slug list"
+    URL = "URL"
+    PATH = "path"  # a path on the tenant, e.g. /healthz
+    FILE = "file"  # a file on the runner; in the action a relative one is taken from the workspace
 
 
 @dataclass(frozen=True)
 class Input:
-    """One input: its flag and GHA_FLEET_* variable (`flag`), its default on the command line, and
-    its default in action.yml (`action`: None when it is no action input, "required" when required)."""
+    """One input, as data: everything else about it (flag, help, environment, reader) derives from it."""
 
     name: str
-    default: str
+    kind: Kind
     help: str
-    action: str | None = ""
-    flag: bool = True  # False: a token, read from the environment only
-    switch: bool = False  # a boolean: `--name` alone means true, `--name VALUE` reads VALUE
+    steps: tuple[str, ...]  # the steps that read it: on the command line, the steps that take its flag
+    default: str = ""  # the command line's; the action's too unless `required` or `runner_default`
+    required: bool = False  # action.yml requires it (the command line's required flags are in Usage)
+    runner_default: str = ""  # action.yml's default when the runner supplies it: `${{ github.sha }}`
+    action: bool = True  # False: the command line's own, no input of action.yml
+    variable: str = ""  # a token: never a flag; on the command line, read from this environment variable
+    flag_only: tuple[str, ...] = ()  # steps that read it from a flag only, never from the action's inputs
+    minimum: float = 0
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+    recovery: bool = False  # the recovery command repeats it when it is not the default
 
     @property
     def action_default(self) -> str | None:
-        return self.default if self.action == "" else self.action
+        """action.yml's default: None for no action input, REQUIRED when it is required."""
+        if not self.action:
+            return None
+        return REQUIRED if self.required else self.runner_default or self.default
+
+    @property
+    def switch(self) -> bool:
+        """A boolean flag: `--name` alone means true, `--name VALUE` reads VALUE."""
+        return self.kind == Kind.BOOLEAN
 
 
-REQUIRED = "required"
-
+# The list reads as a table: an input to a line or three.
+# fmt: off
 INPUTS: dict[str, Input] = {
     i.name: i
     for i in (
-        Input("cp-url", "", "control-plane base URL", REQUIRED),
-        Input("cp-token", "", "control-plane admin token (the environment variable CP_TOKEN)", REQUIRED, flag=False),
-        Input("target-tag", "", "image tag every tenant in scope moves to", REQUIRED),
-        Input("expected-sha", "", "build (git sha, >= 7 hex digits) that buildinfo must report", "${{ github.sha }}"),
-        Input("tenant-url-template", "", "tenant base URL with {slug}; empty skips verify"),
-        Input("canary-slug", "", "canary tenant, deployed and soaked first; a failed canary always fails"),
-        Input("soak-seconds", "60", "how long the canary is watched before the rest move"),
-        Input("batch-size", "3", "tenants per batch"),
+        Input("cp-url", Kind.URL, "control-plane base URL", (ROLLOUT,), required=True, recovery=True),
         Input(
-            "max-stragglers",
-            "",
+            "cp-token", Kind.STRING, "control-plane admin token (the environment variable CP_TOKEN)", (ROLLOUT,),
+            required=True, variable="CP_TOKEN",
+        ),
+        Input(
+            "target-tag", Kind.STRING, "image tag every tenant in scope moves to", (ROLLOUT,), required=True,
+            recovery=True,
+        ),
+        Input(
+            "expected-sha", Kind.STRING, "build (git sha, >= 7 hex digits) that buildinfo must report", BOTH,
+            runner_default="${{ github.sha }}", recovery=True,
+        ),
+        Input(
+            "tenant-url-template", Kind.URL, "tenant base URL with {slug}; empty skips verify", BOTH, recovery=True
+        ),
+        Input(
+            "canary-slug", Kind.STRING, "canary tenant, deployed and soaked first; a failed canary always fails",
+            (ROLLOUT,),
+        ),
+        Input("soak-seconds", Kind.INTEGER, "how long the canary is watched before the rest move", (ROLLOUT,), "60"),
+        Input("batch-size", Kind.INTEGER, "tenants per batch", (ROLLOUT,), "3", minimum=1),
+        Input(
+            "max-stragglers", Kind.STRING,
             "tolerated stragglers for the whole rollout: an integer or a percentage of the scope (2%%, 2.5%%), "
             "rounded down; empty: PROD_AUTO_DEPLOY_MAX_STRAGGLERS if set, else 1",
+            (ROLLOUT,),
         ),
-        Input("mode", "scoped", "scoped: one call per canary and batch; fleet: one call, the control plane drives"),
-        Input("slugs", "", "limit to these tenants (comma or newline separated)"),
-        Input("dry-run", "false", "plan only, deploy nothing", switch=True),
-        Input("verify-timeout-seconds", "300", "verify deadline"),
-        Input("poll-interval-seconds", "5", "seconds between polls of one tenant"),
-        Input("concurrency", "32", "tenants polled at once"),
-        Input("healthz-path", "/healthz", "the tenant's health path (the real tenants serve /health)"),
-        Input("buildinfo-path", "/buildinfo", "the tenant's build path"),
         Input(
-            "api-url",
-            "",
-            "the forge's API (GitHub: https://api.github.com, Gitea: https://host/api/v1)",
-            "${{ github.api_url }}",
+            "mode", Kind.STRING, "scoped: one call per canary and batch; fleet: one call, the control plane drives",
+            (ROLLOUT,), "scoped", choices=("scoped", "fleet"),
         ),
-        Input("api-token", "", "the forge's token (the environment variable API_TOKEN)", "${{ github.token }}", False),
+        # In the action, verify takes its tenants from the rollout's report, never from `slugs`.
         Input(
-            "superseded-check",
-            "true",
+            "slugs", Kind.SLUGS, "limit to these tenants (comma or newline separated)", BOTH, flag_only=(VERIFY,)
+        ),
+        Input("dry-run", Kind.BOOLEAN, "plan only, deploy nothing", (ROLLOUT,), "false"),
+        Input("verify-timeout-seconds", Kind.SECONDS, "verify deadline", BOTH, "300"),
+        Input(
+            "poll-interval-seconds", Kind.SECONDS, "seconds between polls of one tenant", BOTH, "5", minimum=0.05
+        ),
+        Input("concurrency", Kind.INTEGER, "tenants polled at once", BOTH, "32", minimum=1, maximum=MAX_CONCURRENCY),
+        Input(
+            "healthz-path", Kind.PATH, "the tenant's health path (the real tenants serve /health)", BOTH, "/healthz",
+            recovery=True,
+        ),
+        Input("buildinfo-path", Kind.PATH, "the tenant's build path", BOTH, "/buildinfo", recovery=True),
+        Input(
+            "api-url", Kind.URL, "the forge's API (GitHub: https://api.github.com, Gitea: https://host/api/v1)",
+            BOTH, runner_default="${{ github.api_url }}",
+        ),
+        Input(
+            "api-token", Kind.STRING, "the forge's token (the environment variable API_TOKEN)", BOTH,
+            runner_default="${{ github.token }}", variable="API_TOKEN",
+        ),
+        Input(
+            "superseded-check", Kind.BOOLEAN,
             "stand down when the deployed branch has moved past expected-sha; pass tenants serving its head",
-            switch=True,
+            BOTH, "true",
         ),
         Input(
-            "kill-switch-variable",
-            "",
-            "a repository Actions variable re-read before every real call; true halts the rollout",
+            "kill-switch-variable", Kind.STRING,
+            "a repository Actions variable re-read before every real call; true halts the rollout", (ROLLOUT,),
         ),
-        Input("cp-timeout-seconds", "1200", "how long one control-plane call may take"),
-        Input("allow-http", "false", "allow plain http:// to hosts other than loopback", switch=True),
-        Input("ca-bundle", "", "CA bundle (PEM file) for TLS verification"),
+        Input(
+            "cp-timeout-seconds", Kind.SECONDS, "how long one control-plane call may take", (ROLLOUT,), "1200",
+            minimum=1, recovery=True,
+        ),
+        Input(
+            "allow-http", Kind.BOOLEAN, "allow plain http:// to hosts other than loopback", BOTH, "false",
+            recovery=True,
+        ),
+        Input("ca-bundle", Kind.FILE, "CA bundle (PEM file) for TLS verification", BOTH, recovery=True),
         # The command line's own.
-        Input("report", "", "path of the JSON report", None),
+        Input("report", Kind.FILE, "path of the JSON report", BOTH, action=False),
         Input(
-            "verify",
-            "false",
-            "after the rollout, verify its tenants in the same run (the recovery command)",
-            None,
-            switch=True,
+            "verify", Kind.BOOLEAN, "after the rollout, verify its tenants in the same run (the recovery command)",
+            (ROLLOUT,), "false", action=False,
         ),
-        Input("stragglers", "", "quarantined tenants to skip (JSON array or comma list), with --slugs", None),
         Input(
-            "response",
-            "",
+            "stragglers", Kind.STRING, "quarantined tenants to skip (JSON array or comma list), with --slugs",
+            (VERIFY,), action=False,
+        ),
+        Input(
+            "response", Kind.FILE,
             "a redeploy-fleet answer, or a deploy script's aggregate of several: its rows' slugs are the tenants "
             "to verify, its stragglers (absent: none) are quarantined",
-            None,
+            (VERIFY,), action=False,
         ),
     )
 }
+# fmt: on
+
+
+def flags(step: str) -> tuple[str, ...]:
+    """The inputs a step takes as flags, in the list's order: every one it reads but the tokens."""
+    return tuple(i.name for i in INPUTS.values() if step in i.steps and not i.variable)
+
+
+def action_flags(step: str) -> tuple[str, ...]:
+    """The flags a step reads from the action's inputs."""
+    return tuple(name for name in flags(step) if INPUTS[name].action and step not in INPUTS[name].flag_only)
 
 
 @dataclass(frozen=True)
 class StepInputs:
-    from_env: bool  # run by action.yml: its inputs arrive as GHA_FLEET_* variables
+    action: bool  # run by action.yml: its inputs came from FLEET_INPUTS
     values: dict[str, str]
-    token: str
-    api_token: str  # the forge's, from API_TOKEN
+    token: str  # the control plane's, for a step that reads it
+    api_token: str  # the forge's
 
     def check_token(self) -> str:
         """The control-plane token, or an error naming where it comes from: the cp-token input in the
         action, CP_TOKEN on the command line."""
-        where = "the cp-token input" if self.from_env else "CP_TOKEN"
+        where = "the cp-token input" if self.action else "CP_TOKEN"
         if not self.token:
             raise ContractError(f"{where} is required: the control-plane token")
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in self.token):
@@ -138,23 +215,78 @@ class Usage:
     def name(self, argv0: str) -> str:
         return self.script if os.path.basename(argv0) == self.script else self.prog
 
+    @property
+    def step(self) -> str:
+        """The step this command line runs: its module, `python -m STEP`."""
+        return self.prog.rsplit(" ", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The inputs a step's environment gives: in the action every input, from FLEET_INPUTS; on the
+    command line only the tokens, from CP_TOKEN and API_TOKEN."""
+
+    values: dict[str, str]
+    action: bool
+
+
+def environment(environ: Mapping[str, str]) -> Environment:
+    """Every token in the environment is registered for masking and scrubbing here, before anything is
+    printed, also one the step never reads (verify's environment holds the cp-token, never sent)."""
+    text = environ.get(ACTION_INPUTS)
+    given = _action_inputs(text, environ) if text is not None else {}
+    values: dict[str, str] = {}
+    for item in INPUTS.values():
+        if item.variable:
+            values[item.name] = _secret(given[item.name] if item.name in given else environ.get(item.variable, ""))
+        elif item.name in given:
+            values[item.name] = given[item.name]
+    return Environment(values, text is not None)
+
+
+def _action_inputs(text: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The action's inputs from `toJSON(inputs)`: each as its string (a runner may hand a YAML boolean
+    or number on), a relative file taken from the directory the step started in."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):  # its text is never shown: it holds the tokens
+        raise ContractError(f"{ACTION_INPUTS} must hold the action's inputs as a JSON object (toJSON(inputs))")
+    values: dict[str, str] = {}
+    for name, value in data.items():
+        item = INPUTS.get(name)
+        if item is None or not item.action:
+            continue
+        text = value if isinstance(value, str) else "" if value is None else json.dumps(value)
+        if item.kind == Kind.FILE and text.strip() and not os.path.isabs(text.strip()):
+            text = os.path.join(environ.get("FLEET_WORKSPACE") or os.getcwd(), text.strip())
+        values[name] = text
+    return values
+
 
 def read(usage: Usage, names: Sequence[str], argv: Sequence[str] | None) -> StepInputs:
-    """A step's inputs from its flags (or the action's variables) and the tokens from CP_TOKEN and
-    API_TOKEN, registered for masking and scrubbing before anything is printed: the one place they are."""
-    token, api_token = (_secret(os.environ.get(name, "")) for name in ("CP_TOKEN", "API_TOKEN"))
-    args = parser(usage, names).parse_args(argv)
-    values = gather(args, names)
-    if (
-        "superseded-check" in values
-        and not args.from_env
-        and getattr(args, "superseded-check") is None
-        and not values.get("api-url")
-        and not runner.under_runner()
-    ):
-        # On a command line with no forge named, a check nobody asked for cannot be made: off, and quiet.
-        values["superseded-check"] = "false"
-    return StepInputs(args.from_env, values, token, api_token)
+    """A step's inputs: each flag given wins, then the environment, then the list's default. The one path
+    for the command line and the action alike."""
+    p = parser(usage, names)
+    try:
+        env = environment(os.environ)
+    except ContractError as exc:
+        p.error(str(exc))
+    readable = set(action_flags(usage.step)) if env.action else set(names)
+    p.set_defaults(**{name: env.values[name] for name in names if name in env.values and name in readable})
+    args = p.parse_args(argv)
+    values = {name: (getattr(args, name) if getattr(args, name) is not None else INPUTS[name].default).strip()
+              for name in names}  # fmt: skip
+    if "superseded-check" in values and getattr(args, "superseded-check") is None:
+        values["superseded-check"] = _unasked_check(values)
+    token, api_token = (env.values[n] if usage.step in INPUTS[n].steps else "" for n in ("cp-token", "api-token"))
+    return StepInputs(env.action, values, token, api_token)
+
+
+def _unasked_check(values: Mapping[str, str]) -> str:
+    # On a command line with no forge named, a check nobody asked for cannot be made: off, and quiet.
+    return "false" if not values.get("api-url") and not runner.under_runner() else values["superseded-check"]
 
 
 def _secret(raw: str) -> str:
@@ -163,30 +295,6 @@ def _secret(raw: str) -> str:
     token = raw.strip()
     runner.register_secret(token)
     return token
-
-
-def ca_bundle(text: str) -> str | None:
-    """A CA bundle that exists, can be read and holds at least one PEM certificate, or None for the
-    default CA set. Checked before any call: a bad bundle found only at the first TLS handshake would
-    fail every tenant's verify after the fleet had moved."""
-    if not text:
-        return None
-    if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise ContractError(f"ca-bundle {show(text)} is not a readable file")
-    context = ssl.create_default_context()
-    try:
-        context.load_verify_locations(cafile=text)
-    except (ssl.SSLError, OSError, ValueError):
-        certificates = 0
-    else:
-        certificates = context.cert_store_stats()["x509"]
-    if not certificates:
-        raise ContractError(f"ca-bundle {show(text)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
-    return text
-
-
-def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper().replace("-", "_")
 
 
 def parser(usage: Usage, names: Sequence[str]) -> argparse.ArgumentParser:
@@ -202,26 +310,67 @@ def parser(usage: Usage, names: Sequence[str]) -> argparse.ArgumentParser:
             )  # fmt: skip
         else:
             p.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE", help=item.help + required + default)
-    p.add_argument(
-        "--from-env",
-        action="store_true",
-        help=f"read every input from {ENV_PREFIX}* variables (how action.yml calls this step)",
-    )
     return p
 
 
-def gather(args: argparse.Namespace, names: Sequence[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Each input as the string an action would see; given flags win over the action's variables."""
-    values: dict[str, str] = {}
-    for name in names:
-        given = getattr(args, name)
-        if given is None and args.from_env:
-            given = environ.get(env_name(name))
-        values[name] = (given if given is not None else INPUTS[name].default).strip()
-    return values
-
-
 # -- typed readers -----------------------------------------------------------------------------
+
+
+class Typed:
+    """The inputs' strings read by each one's kind, with the bounds and choices the list gives it; a bad
+    one is a ContractError naming it."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+
+    def _text(self, name: str, kind: Kind) -> str:
+        if INPUTS[name].kind != kind:
+            raise TypeError(f"{name} is a {INPUTS[name].kind.value} input, not a {kind.value} one")
+        return self.values[name]
+
+    def text(self, name: str) -> str:
+        item, text = INPUTS[name], self._text(name, Kind.STRING)
+        return choice(name, text, item.choices) if item.choices else text
+
+    def integer(self, name: str) -> int:
+        item = INPUTS[name]
+        return integer(name, self._text(name, Kind.INTEGER), int(item.minimum), item.maximum)
+
+    def seconds(self, name: str) -> float:
+        return seconds(name, self._text(name, Kind.SECONDS), INPUTS[name].minimum)
+
+    def boolean(self, name: str) -> bool:
+        return boolean(name, self._text(name, Kind.BOOLEAN))
+
+    def slugs(self, name: str) -> list[str] | None:
+        """The tenants named, or None when the input is empty."""
+        text = self._text(name, Kind.SLUGS)
+        if not text:
+            return None
+        slugs = parse_slug_list(text, name)
+        if not slugs:
+            raise ContractError(f"{name} names no tenant")
+        return slugs
+
+    def url(self, name: str, allow_http: bool) -> str:
+        text = self._text(name, Kind.URL)
+        return http.check_url(text, name, allow_http) if text else ""
+
+    def path(self, name: str) -> str:
+        return tenant_path(name, self._text(name, Kind.PATH))
+
+    def file(self, name: str) -> str:
+        return self._text(name, Kind.FILE)
+
+
+def value_of(name: str, text: str) -> object:
+    """An input's value as its kind compares it: `yes` is `true`, `90.0` is `90`."""
+    kind = INPUTS[name].kind
+    if kind == Kind.BOOLEAN:
+        return boolean(name, text)
+    if kind in (Kind.INTEGER, Kind.SECONDS):
+        return seconds(name, text)
+    return text
 
 
 def integer(name: str, text: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -249,6 +398,26 @@ def boolean(name: str, text: str) -> bool:
 def choice(name: str, text: str, options: Sequence[str]) -> str:
     if text not in options:
         raise ContractError(f"{name} must be one of {', '.join(options)}: got {show(text)}")
+    return text
+
+
+def ca_bundle(text: str) -> str | None:
+    """A CA bundle that exists, can be read and holds at least one PEM certificate, or None for the
+    default CA set. Checked before any call: a bad bundle found only at the first TLS handshake would
+    fail every tenant's verify after the fleet had moved."""
+    if not text:
+        return None
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ContractError(f"ca-bundle {show(text)} is not a readable file")
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=text)
+    except (ssl.SSLError, OSError, ValueError):
+        certificates = 0
+    else:
+        certificates = context.cert_store_stats()["x509"]
+    if not certificates:
+        raise ContractError(f"ca-bundle {show(text)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     return text
 
 
@@ -281,13 +450,14 @@ def tenant_path(name: str, text: str) -> str:
 
 def tenant_access(values: Mapping[str, str]) -> TenantAccess | None:
     """How tenants are reached, every part checked once; None when no template is given."""
-    allow_http = boolean("allow-http", values["allow-http"])
+    read = Typed(values)
+    allow_http = read.boolean("allow-http")
     access = TenantAccess(
         template=tenant_template(values["tenant-url-template"]),
-        healthz_path=tenant_path("healthz-path", values["healthz-path"]),
-        buildinfo_path=tenant_path("buildinfo-path", values["buildinfo-path"]),
+        healthz_path=read.path("healthz-path"),
+        buildinfo_path=read.path("buildinfo-path"),
         allow_http=allow_http,
-        ca_bundle=ca_bundle(values["ca-bundle"]),
+        ca_bundle=ca_bundle(read.file("ca-bundle")),
     )
     if not access.template:
         return None

@@ -1,4 +1,4 @@
-"""`python -m rollout`: the rollout step, as the action runs it (--from-env) and on its own (flags)."""
+"""`python -m rollout`: the rollout step, as the action runs it and on its own (flags)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,11 @@ from rollout import drive, gate, summary
 from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
 from verify import cli as verify_cli
 
-NAMES = (
-    "cp-url", "target-tag", "expected-sha", "tenant-url-template", "canary-slug", "soak-seconds", "batch-size",
-    "max-stragglers", "mode", "slugs", "dry-run", "poll-interval-seconds", "cp-timeout-seconds", "report",
-    "allow-http", "ca-bundle", "verify-timeout-seconds", "concurrency", "healthz-path", "buildinfo-path",
-    "api-url", "superseded-check", "kill-switch-variable", "verify",
-)  # fmt: skip
+NAMES = inputs.flags(inputs.ROLLOUT)
 
-# What verify's own flags are, when the rollout runs it in the same process (the recovery command).
-VERIFY_NAMES = (
-    "expected-sha", "tenant-url-template", "verify-timeout-seconds", "poll-interval-seconds", "concurrency",
-    "allow-http", "ca-bundle", "healthz-path", "buildinfo-path", "api-url", "superseded-check",
-)  # fmt: skip
+# Verify's flags when the rollout runs it in the same process (the recovery command): the inputs the
+# action's verify step reads, with the rollout's values.
+VERIFY_NAMES = inputs.action_flags(inputs.VERIFY)
 
 
 class Rollout(step.Step):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from fleet import contract, http, inputs
+from fleet import contract, inputs
 from fleet.contract import ContractError, show
 from fleet.markdown import MORE, SHOWN
 from fleet.tenant import REQUEST_SECONDS, TenantAccess
@@ -84,49 +84,51 @@ class Settings:
     superseded_check: bool
     kill_switch_variable: str
     verify_after: bool  # verify in the same run (the recovery command)
+    given: Mapping[str, str] = field(default_factory=dict, compare=False)  # the strings: the recovery command's
 
 
 def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Settings:
     """Typed settings from the inputs' strings; the first bad one is a ContractError naming it. With a
     tenant URL template, verify follows: its inputs are checked here too, before the fleet moves."""
-    allow_http = inputs.boolean("allow-http", values["allow-http"])
-    cp_url = http.check_url(inputs.required("cp-url", values["cp-url"]), "cp-url", allow_http)
-    tag = inputs.required("target-tag", values["target-tag"])
+    read = inputs.Typed(values)
+    allow_http = read.boolean("allow-http")
+    inputs.required("cp-url", values["cp-url"])
+    cp_url = read.url("cp-url", allow_http)
+    tag = inputs.required("target-tag", read.text("target-tag"))
     if not TAG.fullmatch(tag):
         raise ContractError(f"target-tag must be an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*): got {show(tag)}")
-    canary = values["canary-slug"]
+    canary = read.text("canary-slug")
     if canary:
         contract.check_slug(canary, "canary-slug")
-    slugs = contract.parse_slug_list(values["slugs"], "slugs") if values["slugs"] else None
-    if values["slugs"] and not slugs:
-        raise ContractError("slugs names no tenant")
+    slugs = read.slugs("slugs")
     tenants = inputs.tenant_access(values)
     if tenants is not None:
         verify_settings(values)  # verify's inputs fail here, before the fleet moves
-    verify_after = inputs.boolean("verify", values["verify"])
+    verify_after = read.boolean("verify")
     if verify_after and tenants is None:
         raise ContractError("verify true needs tenant-url-template: the tenants to poll")
-    sha = values["expected-sha"]
+    sha = read.text("expected-sha")
     return Settings(
         cp_url=cp_url,
         target_tag=tag,
         expected_sha=inputs.expected_sha(sha) if sha else None,
         tenants=tenants,
         canary_slug=canary,
-        soak_seconds=inputs.integer("soak-seconds", values["soak-seconds"]),
-        batch_size=inputs.integer("batch-size", values["batch-size"], minimum=1),
-        budget=choose_budget(values["max-stragglers"], environ),
-        mode=inputs.choice("mode", values["mode"], ("scoped", "fleet")),
+        soak_seconds=read.integer("soak-seconds"),
+        batch_size=read.integer("batch-size"),
+        budget=choose_budget(read.text("max-stragglers"), environ),
+        mode=read.text("mode"),
         slugs=slugs,
-        dry_run=inputs.boolean("dry-run", values["dry-run"]),
-        poll_interval=inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
-        cp_timeout=inputs.seconds("cp-timeout-seconds", values["cp-timeout-seconds"], minimum=1),
+        dry_run=read.boolean("dry-run"),
+        poll_interval=read.seconds("poll-interval-seconds"),
+        cp_timeout=read.seconds("cp-timeout-seconds"),
         allow_http=allow_http,
-        ca_bundle=inputs.ca_bundle(values["ca-bundle"]),
-        api_url=http.check_url(values["api-url"], "api-url", allow_http) if values["api-url"] else "",
-        superseded_check=inputs.boolean("superseded-check", values["superseded-check"]),
-        kill_switch_variable=inputs.variable_name("kill-switch-variable", values["kill-switch-variable"]),
+        ca_bundle=inputs.ca_bundle(read.file("ca-bundle")),
+        api_url=read.url("api-url", allow_http),
+        superseded_check=read.boolean("superseded-check"),
+        kill_switch_variable=inputs.variable_name("kill-switch-variable", read.text("kill-switch-variable")),
         verify_after=verify_after,
+        given=dict(values),
     )
 
 

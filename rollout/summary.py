@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 from fleet import markdown
-from fleet.inputs import INPUTS
+from fleet.inputs import INPUTS, value_of
 from fleet.runner import md
 from fleet.vocabulary import Outcome, RolloutVerdict
 from rollout.drive import Result
@@ -22,28 +22,17 @@ ICONS = {
 
 def recovery_command(settings: Settings, slugs: list[str]) -> str:
     """The one command that redeploys just `slugs`, strictly and without a canary, and then verifies
-    exactly them against the expected build. It runs wherever the action's package is installed."""
-    args = [
-        "python", "-m", "rollout",
-        "--cp-url", settings.cp_url,
-        "--target-tag", settings.target_tag,
-        "--slugs", ",".join(slugs),
-        "--max-stragglers", "0",
-        "--soak-seconds", "0",
-    ]  # fmt: skip
-    tenants = settings.tenants
-    if tenants is not None and settings.expected_sha:
-        args += ["--tenant-url-template", tenants.template, "--expected-sha", settings.expected_sha]
+    exactly them against the expected build. It repeats each input the list marks for recovery that was
+    given another value than its default. It runs wherever the action's package is installed."""
+    given = settings.given
+    args = ["python", "-m", "rollout"]
+    for item in INPUTS.values():
+        value = given.get(item.name, item.default)
+        if item.recovery and value_of(item.name, value) != value_of(item.name, item.default):
+            args += [f"--{item.name}", "true" if value_of(item.name, value) is True else value]
+    args += ["--slugs", ",".join(slugs), "--max-stragglers", "0", "--soak-seconds", "0"]
+    if settings.tenants is not None and settings.expected_sha:
         args += ["--verify", "true"]
-        for name, value in (("healthz-path", tenants.healthz_path), ("buildinfo-path", tenants.buildinfo_path)):
-            if value != INPUTS[name].default:
-                args += [f"--{name}", value]
-    if settings.allow_http:
-        args += ["--allow-http", "true"]
-    if settings.ca_bundle:
-        args += ["--ca-bundle", settings.ca_bundle]
-    if settings.cp_timeout != float(INPUTS["cp-timeout-seconds"].default):
-        args += ["--cp-timeout-seconds", f"{settings.cp_timeout:g}"]
     return "CP_TOKEN=... " + shlex.join(args)
 
 

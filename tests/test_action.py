@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import parse_outputs
 
 from sandbox import Sandbox, load_scenario
 from sandbox.act import PROJECT, Act, ActRun, find_act, project_copy
@@ -389,6 +390,76 @@ def test_prepare_step_leaves_no_venv_behind_when_pip_fails(tmp_path):
     assert "\x1b" not in done.stdout + done.stderr
     commands = [line for line in done.stdout.splitlines() if "::endgroup::" in line or "::error::" in line]
     assert commands and all(line.startswith("::") for line in commands)
+
+
+def finish(tmp_path: Path, **env: str) -> tuple[dict[str, str], str, str]:
+    """The "Summary and outputs" step's script, run as the step runs it: its outputs, summary and log."""
+    assert step_script("Summary and outputs").split() == ["bash", '"$GITHUB_ACTION_PATH/scripts/finish.sh"']
+    output, summary = tmp_path / "output", tmp_path / "summary.md"
+    output.write_text("")
+    summary.write_text("")
+    done = subprocess.run(
+        [BASH, str(PROJECT / "scripts" / "finish.sh")],
+        env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary),
+             "GITHUB_ACTION_PATH": str(PROJECT), "GITHUB_ACTIONS": "true", **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = output.read_text()
+    # Python writes `name<<delimiter` blocks; the shell, with no Python, `name=value` lines.
+    plain = dict(line.split("=", 1) for line in text.splitlines()) if "<<" not in text else {}
+    return plain or parse_outputs(text), summary.read_text(), done.stdout
+
+
+def run_report(tmp_path: Path, ok: bool = True, **fields) -> str:
+    path = tmp_path / "report.json"
+    rollout = {"ok": True, "verdict": "shipped-with-quarantine", "message": "shipped", "superseded": ""}
+    path.write_text(json.dumps({"schema_version": 1, "ok": ok, "rollout": rollout, **fields}))
+    return str(path)
+
+
+VERIFIED = {
+    "ok": True, "verdict": "passed", "message": "7 verified", "tenants": [],
+    "counts": {"verified": 7, "quarantined": 1, "stale": 0, "unhealthy": 0, "unreachable": 0, "failed": 0},
+}  # fmt: skip
+
+
+def test_the_last_step_without_a_prepared_python_says_the_rollout_did_not_run_and_ok_is_false(tmp_path):
+    outputs, summary, _ = finish(tmp_path, FLEET_PYTHON="", FLEET_STATE="", FLEET_REPORT="", ROLLOUT_OUTCOME="skipped")
+    assert outputs == {
+        "ok": "false", "superseded": "", "stragglers": "[]", "quarantined-count": "0", "verified-count": "",
+        "failed-count": "", "report-path": "",
+    }  # fmt: skip
+    assert summary == "### Fleet rollout did not run: the log of the step that failed before it says why\n"
+
+
+def test_the_last_step_reads_the_runs_verdict_from_the_report_and_decides_nothing(tmp_path):
+    python = sys.executable
+    report = run_report(tmp_path, stragglers=["reno-stars"], verify=VERIFIED)
+    outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="success",
+                           VERIFY_OUTCOME="success")  # fmt: skip
+    assert outputs == {
+        "ok": "true", "superseded": "", "stragglers": '["reno-stars"]', "quarantined-count": "1",
+        "verified-count": "7", "failed-count": "0", "report-path": report,
+    }  # fmt: skip
+    # The report's `ok` is the verdict, whatever the steps' outcomes were.
+    report = run_report(tmp_path, ok=False, verify=VERIFIED)
+    outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="success",
+                           VERIFY_OUTCOME="success")  # fmt: skip
+    assert outputs["ok"] == "false" and outputs["verified-count"] == "7"
+    # A verify step killed before it wrote its section leaves the run not ok; skipped, it changes nothing.
+    report = run_report(tmp_path)
+    for outcome, ok in (("cancelled", "false"), ("failure", "false"), ("skipped", "true"), ("", "true")):
+        outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="success",
+                               VERIFY_OUTCOME=outcome)  # fmt: skip
+        assert (outputs["ok"], outputs["verified-count"]) == (ok, ""), outcome
+
+
+def test_the_last_step_says_ok_false_and_why_when_the_report_cannot_be_read(tmp_path):
+    missing = str(tmp_path / "gone.json")
+    outputs, _, log = finish(tmp_path, FLEET_PYTHON=sys.executable, FLEET_REPORT=missing, ROLLOUT_OUTCOME="failure")
+    assert outputs["ok"] == "false" and outputs["report-path"] == missing
+    assert log.startswith("::warning::the run's outputs say ok=false: cannot read report")
 
 
 @pytest.mark.act

@@ -46,11 +46,14 @@ _REFERENCE = re.compile(r"\b(?:steps|inputs|github)(?:\.[A-Za-z0-9_-]+)+")
 
 
 def evaluate(expression: str, context: dict[str, str]) -> str:
-    """A `${{ }}` expression of action.yml's `env:` (references, string literals, ==, !=, &&, ||, !),
-    evaluated as the runner does: `&&` and `||` yield an operand, and a missing value is ''."""
+    """A `${{ }}` expression of action.yml's `env:` (references, string literals, ==, !=, &&, ||, !,
+    toJSON(inputs)), evaluated as the runner does: `&&` and `||` yield an operand, and a missing value
+    is ''."""
     python = _REFERENCE.sub(lambda m: f"_[{m.group(0)!r}]", expression)
     python = re.sub(r"!(?!=)", " not ", python.replace("&&", " and ").replace("||", " or "))
-    value = eval(python, {"__builtins__": {}}, {"_": defaultdict(str, context)})  # noqa: S307 - action.yml's own text
+    given = {key.removeprefix("inputs."): value for key, value in context.items() if key.startswith("inputs.")}
+    names = {"_": defaultdict(str, context), "inputs": given, "toJSON": lambda value: json.dumps(value, indent=2)}
+    value = eval(python, {"__builtins__": {}}, names)  # noqa: S307 - action.yml's own text
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 

@@ -172,10 +172,8 @@ def test_budget_comes_from_the_input_then_the_environment_then_one(start, rollou
 
 def test_action_fallback_is_one_straggler(start, rollout, monkeypatch):
     sb = start("incident")
-    monkeypatch.setenv("GHA_FLEET_CP_URL", sb.url)
-    monkeypatch.setenv("GHA_FLEET_TARGET_TAG", TAG)
-    monkeypatch.setenv("GHA_FLEET_MAX_STRAGGLERS", "")
-    run = rollout(sb, "--from-env")
+    monkeypatch.setenv("FLEET_INPUTS", json.dumps({"cp-url": sb.url, "target-tag": TAG, "max-stragglers": ""}))
+    run = rollout(sb)
     assert run.code == 0
     assert run.report["plan"]["budget"] == {"requested": "1", "source": "default", "resolved": 1}
 
@@ -239,9 +237,8 @@ def test_a_missing_token_names_the_input_in_the_action_and_the_variable_on_the_c
 ):
     sb = start("clean")
     assert rollout(sb, token=None).report["message"] == "CP_TOKEN is required: the control-plane token"
-    for name, value in {"CP_URL": sb.url, "TARGET_TAG": TAG}.items():
-        monkeypatch.setenv(f"GHA_FLEET_{name}", value)
-    run = rollout(sb, "--from-env", token=None)
+    monkeypatch.setenv("FLEET_INPUTS", json.dumps({"cp-url": sb.url, "target-tag": TAG, "cp-token": ""}))
+    run = rollout(sb, token=None)
     assert run.code == 2 and run.report["message"] == "the cp-token input is required: the control-plane token"
     assert sb.cp_calls == []
 
@@ -404,10 +401,9 @@ def test_the_rollout_says_whether_verify_follows(start, rollout, flags, verify):
 
 def test_the_action_refuses_a_template_without_an_expected_sha_before_the_fleet_moves(start, rollout, monkeypatch):
     sb = start("clean")
-    for name, value in {"CP_URL": sb.url, "TARGET_TAG": TAG, "TENANT_URL_TEMPLATE": sb.tenant_url_template}.items():
-        monkeypatch.setenv(f"GHA_FLEET_{name}", value)
-    monkeypatch.setenv("GHA_FLEET_EXPECTED_SHA", "")
-    run = rollout(sb, "--from-env")
+    action = {"cp-url": sb.url, "target-tag": TAG, "tenant-url-template": sb.tenant_url_template, "expected-sha": ""}
+    monkeypatch.setenv("FLEET_INPUTS", json.dumps(action))
+    run = rollout(sb)
     assert run.code == 2 and run.report["message"] == "expected-sha is required"
     assert sb.cp_calls == []
 

@@ -18,11 +18,7 @@ from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
 
-NAMES = (
-    "expected-sha", "tenant-url-template", "slugs", "stragglers", "response", "verify-timeout-seconds",
-    "poll-interval-seconds", "concurrency", "report", "allow-http", "ca-bundle", "healthz-path", "buildinfo-path",
-    "api-url", "superseded-check",
-)  # fmt: skip
+NAMES = inputs.flags(inputs.VERIFY)
 
 VERIFY_REPORT = "fleet-verify-report.json"  # without --report: never the rollout's default file
 

@@ -13,8 +13,6 @@ from fleet.contract import ContractError, show
 from fleet.tenant import TenantAccess
 from fleet.vocabulary import Outcome, RolloutVerdict
 
-MAX_CONCURRENCY = 512  # two threads per tenant polled at once
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -30,16 +28,17 @@ class Settings:
 def settings_from(values: Mapping[str, str]) -> Settings:
     """Typed settings; the first bad input is a ContractError naming it. The rollout calls this too, so
     a bad verify input fails before the fleet moves."""
+    read = inputs.Typed(values)
     tenants = inputs.tenant_access(values)
     if tenants is None:
         raise ContractError("tenant-url-template is required to verify")
     return Settings(
-        expected_sha=inputs.expected_sha(inputs.required("expected-sha", values["expected-sha"])),
+        expected_sha=inputs.expected_sha(inputs.required("expected-sha", read.text("expected-sha"))),
         tenants=tenants,
-        timeout=inputs.seconds("verify-timeout-seconds", values["verify-timeout-seconds"]),
-        interval=inputs.seconds("poll-interval-seconds", values["poll-interval-seconds"], minimum=0.05),
-        concurrency=inputs.integer("concurrency", values["concurrency"], minimum=1, maximum=MAX_CONCURRENCY),
-        superseded_check=inputs.boolean("superseded-check", values["superseded-check"]),
+        timeout=read.seconds("verify-timeout-seconds"),
+        interval=read.seconds("poll-interval-seconds"),
+        concurrency=read.integer("concurrency"),
+        superseded_check=read.boolean("superseded-check"),
         api_url=values["api-url"],
     )
 
