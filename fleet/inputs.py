@@ -12,6 +12,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 
 from fleet import http, runner
@@ -33,6 +34,7 @@ class Kind(str, Enum):
     STRING = "string"
     INTEGER = "integer"
     SECONDS = "seconds"
+    NUMBER = "number"  # decimals allowed, e.g. 1.5
     BOOLEAN = "boolean"
     SLUGS = "slug list"
     URL = "URL"
@@ -98,7 +100,19 @@ INPUTS: dict[str, Input] = {
             (ROLLOUT,),
         ),
         Input("soak-seconds", Kind.INTEGER, "how long the canary is watched before the rest move", (ROLLOUT,), "60"),
-        Input("batch-size", Kind.INTEGER, "tenants per batch", (ROLLOUT,), "3", minimum=1),
+        Input("batch-size", Kind.INTEGER, "tenants in the first batch (and in each batch without growth)",
+              (ROLLOUT,), "3", minimum=1),
+        Input(
+            "batch-growth", Kind.NUMBER,
+            "each batch after one that quarantined no straggler is ceil(previous x growth) tenants (>= 1; 1: fixed)",
+            (ROLLOUT,), "1", minimum=1,
+        ),
+        Input(
+            "max-batch-size", Kind.STRING,
+            "the largest batch: an integer, or a percentage of the scope (25%%, rounded down, at least 1); "
+            "empty: no cap",
+            (ROLLOUT,),
+        ),
         Input(
             "max-stragglers", Kind.STRING,
             "tolerated stragglers for the whole rollout: an integer or a percentage of the scope (2%%, 2.5%%), "
@@ -339,6 +353,9 @@ class Typed:
     def seconds(self, name: str) -> float:
         return seconds(name, self._text(name, Kind.SECONDS), INPUTS[name].minimum)
 
+    def number(self, name: str) -> Decimal:
+        return number(name, self._text(name, Kind.NUMBER), INPUTS[name].minimum)
+
     def boolean(self, name: str) -> bool:
         return boolean(name, self._text(name, Kind.BOOLEAN))
 
@@ -384,6 +401,13 @@ def seconds(name: str, text: str, minimum: float = 0.0) -> float:
     if not re.fullmatch(r"\d{1,7}(\.\d{1,3})?", text) or float(text) < minimum:
         raise ContractError(f"{name} must be a number of seconds >= {minimum:g}: got {show(text)}")
     return float(text)
+
+
+def number(name: str, text: str, minimum: float = 0) -> Decimal:
+    """A decimal number, exactly as written (`1.5` stays 1.5, so growth rounds the same everywhere)."""
+    if not re.fullmatch(r"\d{1,6}(\.\d{1,3})?", text) or Decimal(text) < Decimal(str(minimum)):
+        raise ContractError(f"{name} must be a number >= {minimum:g}, decimals allowed (such as 1.5): got {show(text)}")
+    return Decimal(text)
 
 
 def boolean(name: str, text: str) -> bool:

@@ -32,13 +32,6 @@ class CapSpec:
         return self.count
 
 
-def parse_growth(text: str, what: str = "batch-growth") -> Decimal:
-    """A number >= 1, decimals allowed (`2`, `1.5`)."""
-    if re.fullmatch(r"\d{1,4}(\.\d{1,3})?", text) and Decimal(text) >= 1:
-        return Decimal(text)
-    raise ContractError(f"{what} must be a number >= 1, such as 2 or 1.5: got {show(text)}")
-
-
 def parse_cap(text: str, what: str = "max-batch-size") -> CapSpec:
     """Empty (no cap), an integer >= 1, or a percentage of the scope above 0 and at most 100 (`25%`)."""
     if not text:

@@ -73,7 +73,7 @@ def test_every_action_input_reaches_a_step_and_every_flag_is_an_input():
 
 def test_every_default_reads_as_its_kind():
     readers = {
-        Kind.STRING: Typed.text, Kind.INTEGER: Typed.integer, Kind.SECONDS: Typed.seconds,
+        Kind.STRING: Typed.text, Kind.INTEGER: Typed.integer, Kind.SECONDS: Typed.seconds, Kind.NUMBER: Typed.number,
         Kind.BOOLEAN: Typed.boolean, Kind.SLUGS: Typed.slugs, Kind.PATH: Typed.path, Kind.FILE: Typed.file,
     }  # fmt: skip
     for name, item in INPUTS.items():

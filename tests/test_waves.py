@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 
 from fleet.contract import ContractError
-from rollout.waves import Waves, cut, parse_cap, parse_growth, sizes_line
+from fleet.inputs import number
+from rollout.waves import Waves, cut, parse_cap, sizes_line
 
 
 def walk(waves: Waves, total: int, straggles_in: set[int] = frozenset()) -> list[int]:
@@ -60,8 +61,8 @@ def test_cut_follows_the_sizes():
 
 @pytest.mark.parametrize("text", ["0.5", "abc", "-1", "0", "", "1.", "2.12345"])
 def test_bad_growth_is_refused_naming_it(text):
-    with pytest.raises(ContractError, match="batch-growth must be a number >= 1"):
-        parse_growth(text)
+    with pytest.raises(ContractError, match="batch-growth must be a number >= 1, decimals allowed"):
+        number("batch-growth", text, minimum=1)
 
 
 @pytest.mark.parametrize("text", ["0%", "150%", "-1", "0", "abc", "5.5", "%"])
@@ -71,6 +72,6 @@ def test_bad_cap_is_refused_naming_it(text):
 
 
 def test_good_values_parse():
-    assert parse_growth("2") == 2 and parse_growth("1.5") == Decimal("1.5") and parse_growth("1") == 1
+    assert number("batch-growth", "2", 1) == 2 and number("batch-growth", "1.5", 1) == Decimal("1.5")
     assert parse_cap("").resolve(10) is None and parse_cap("5").resolve(10) == 5
     assert parse_cap("100%").resolve(10) == 10
