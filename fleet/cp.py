@@ -241,9 +241,14 @@ class ControlPlane:
             record["attempts"] = retry + 1
             try:
                 answer = self._client.request(
-                    "POST", url, headers=self._bearer.headers(), body=data, deadline=deadline, connect=CONNECT_TIMEOUT,
+                    "POST",
+                    url,
+                    headers=self._bearer.headers(),
+                    body=data,
+                    deadline=deadline,
+                    connect=CONNECT_TIMEOUT,
                     cap=http.MAX_CP_BODY,
-                )  # fmt: skip
+                )
             except http.NeverConnected as exc:
                 if exc.lasting:  # a certificate or handshake that another try would meet again
                     raise NothingDone(f"control plane call POST {REDEPLOY_PATH} failed: {exc.cause}") from None
