@@ -27,7 +27,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 PREPARE = PROJECT / "scripts" / "prepare-tool-venv.sh"
 REQUIREMENTS = PROJECT / "requirements.txt"
-IMPORTS = "import certifi, jsonschema, referencing, requests, urllib3"
+IMPORTS = "import certifi, jsonschema, referencing"
 
 
 def _run(command: list[str], env: dict[str, str], what: str) -> float:

@@ -8,7 +8,8 @@ per-request latency, then times, in one run and side by side:
   2. verify and a curl loop (healthz + buildinfo per tenant, one after another, as a shell step
      would) over --curl-tenants tenants, and their ratio;
   3. readiness: one tenant becomes ready T seconds after its redeploy; how long after T verify exits,
-     against the bound of one poll interval + 1 s.
+     against the bound of one poll interval + 1 s;
+  4. start-up: `python -m verify --help`, which imports what a run imports and sends nothing.
 Prints medians; nothing is asserted.
 """
 
@@ -104,6 +105,14 @@ def time_curl(sb: SandboxProcess, count: int) -> float:
     return time.perf_counter() - start
 
 
+def time_help() -> float:
+    """Wall time of `python -m verify --help`: the interpreter's start and verify's imports."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "verify", "--help"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
 def readiness(ready_after: float, interval: float) -> float:
     """Seconds between the moment the last tenant is ready and verify's exit."""
     spec = scenario(50, 0, deployed=False)
@@ -149,6 +158,7 @@ def main() -> int:
     finally:
         small.stop()
     late = [readiness(3.0, 2.0) for _ in range(3)]
+    starts = [time_help() for _ in range(9)]
 
     med = statistics.median
     rows = [
@@ -161,6 +171,7 @@ def main() -> int:
         (f"curl loop, {args.curl_tenants} tenants", f"{med(curl_times):.2f} s", ""),
         ("curl loop / verify", f"{med(curl_times) / med(verify_times):.1f}x", "ratio of medians"),
         ("exit after last tenant ready (T=3 s, interval 2 s)", f"{med(late):.2f} s", "bound: 3.00 s"),
+        ("start-up: `python -m verify --help`", f"{med(starts):.3f} s", "median of 9"),
     ]
     print(
         f"{args.latency_ms} ms per request, {os.cpu_count()} cores, medians of {args.runs} / {args.curl_runs} / 3 runs"

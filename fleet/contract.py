@@ -7,13 +7,14 @@ import math
 import re
 from collections.abc import Iterable
 from functools import cache
-from typing import Any
-
-import jsonschema
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any
 
 import schemas
 from fleet import runner
+
+if TYPE_CHECKING:  # imported when the first validator is built: a step that validates nothing never pays for it
+    import jsonschema
+    from referencing import Registry
 
 # A DNS label, matched with fullmatch: '$' under re.match would accept a trailing newline.
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -160,12 +161,17 @@ def parse_json(body: bytes | str, what: str) -> Any:
 
 @cache
 def _registry() -> Registry:
+    from referencing import Registry, Resource
+
     resources = [(n + ".schema.json", Resource.from_contents(schemas.load(n))) for n in schemas.NAMES]
     return Registry().with_resources(resources)
 
 
 @cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
+    """The validator of `schemas/<name>.schema.json`, built when first needed and kept."""
+    import jsonschema
+
     schema = schemas.load(name)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, registry=_registry())
@@ -193,7 +199,10 @@ def _reason(error: jsonschema.ValidationError) -> str:
 
 def validate(name: str, document: Any, what: str) -> Any:
     """Enforce `schemas/<name>.schema.json`; the error names the field and the offending value."""
-    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(document))
+    validator = _validator(name)
+    import jsonschema.exceptions  # imported by _validator already
+
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is None:
         return document
     field = _where(error.absolute_path)

@@ -8,21 +8,17 @@ and a call whose answer did not arrive is never re-sent: its outcome is unknown.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
-
-import requests
-import urllib3
 
 from fleet import contract, http, runner
 from fleet.contract import ContractError, show
 
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 CONNECT_TIMEOUT = 10.0
-USER_AGENT = "fleet-rollout/0.2"
 
 
 class CPError(Exception):
@@ -72,54 +68,22 @@ def _retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    from email.utils import parsedate_to_datetime  # an HTTP date is rare: its import waits for one
+
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
 
-def _never_opened(exc: BaseException) -> bool:
-    """The request cannot have reached the control plane: refused, DNS, a connect or TLS handshake
-    that timed out, a proxy that opened no tunnel, or no connection to the proxy at all."""
-    seen: object = exc
-    for _ in range(6):
-        # urllib3 2.x: NewConnectionError (refused), NameResolutionError and http.NeverConnected are
-        # ConnectTimeoutErrors; urllib3 raises ProxyError only before the proxy was reached.
-        never = requests.ConnectTimeout | requests.exceptions.ProxyError | urllib3.exceptions.ConnectTimeoutError
-        if isinstance(seen, never):
-            return True
-        if isinstance(seen, urllib3.exceptions.MaxRetryError):
-            seen = seen.reason
-        elif isinstance(seen, BaseException):
-            seen = seen.__context__ or seen.__cause__ or (seen.args[0] if seen.args else None)
-        else:
-            return False
-    return False
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter with `bounded` pools, direct or through a proxy: the deadline covers the
-    headers too, not just each read."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        http.bounded(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        http.bounded(manager)
-        return manager
-
-
-class _Bearer(requests.auth.AuthBase):
-    """Carries the token; passing auth explicitly also keeps ~/.netrc from replacing it."""
+class _Bearer:
+    """The call's headers, the token among them; its repr does not show the token."""
 
     def __init__(self, token: str) -> None:
-        self.token = token
+        self._authorization = f"Bearer {token}"
 
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        return request
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": self._authorization, "Accept": "application/json", "Content-Type": "application/json"}
 
     def __repr__(self) -> str:
         return "_Bearer(***)"
@@ -161,21 +125,10 @@ class ControlPlane:
         self.retry = retry or RETRY
         self.calls: list[dict[str, Any]] = []  # every call and its answer, for the report
         self.deadline: float | None = None  # monotonic; set, no call goes past it
-        self._session = requests.Session()
-        # The proxy and the CA file are decided here, by the rules every client shares (fleet.http),
-        # never by requests' own reading of the environment.
-        self._session.trust_env = False
-        self._proxies = http.Proxies.from_environment()
-        for scheme in ("https://", "http://"):
-            self._session.mount(scheme, _Adapter())
+        # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
+        self._client = http.Client(ca_bundle=ca_bundle, keep_alive=False)
         runner.register_secret(token)  # scrubbed from every message this client makes
-        self._session.auth = _Bearer(token)
-        self._session.verify = http.default_ca(ca_bundle)
-        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-
-    def _proxy(self, url: str) -> dict[str, str]:
-        proxy = self._proxies.for_url(url)
-        return {"https": proxy} if proxy else {}
+        self._bearer = _Bearer(token)
 
     @property
     def sent_real_call(self) -> bool:
@@ -279,50 +232,40 @@ class ControlPlane:
         retries stopped when the last answer is still one the policy would have retried."""
         url = self.url + REDEPLOY_PATH
         dry = bool(body.get("dry_run"))
-        unknown = "" if dry else _UNKNOWN
         deadline = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         if deadline <= start:
             raise NothingDone(f"the rollout's deadline passed before POST {REDEPLOY_PATH} could be sent")
+        data = json.dumps(body, allow_nan=False).encode()
         retry = 0
         while True:
             record["attempts"] = retry + 1
-            left = deadline - time.monotonic()
             try:
-                with http.answer_by(deadline):
-                    resp = self._session.request(
-                        "POST",
-                        url,
-                        json=body,
-                        timeout=(min(CONNECT_TIMEOUT, max(left, 0.01)), max(left, 0.01)),
-                        allow_redirects=False,
-                        verify=self._session.verify,
-                        proxies=self._proxy(url),
-                        stream=True,
-                        # One connection per call: a stale kept-alive socket would leave a POST's fate unknown.
-                        headers={"Connection": "close"},
-                    )
-                    raw = http.read_body(resp.raw, deadline, http.MAX_CP_BODY)
-            except requests.RequestException as exc:
-                if _never_opened(exc):
-                    cause = f"control plane unreachable at {self.url}: {http.describe(exc)}"
-                    stop = self._pause(cause, retry, None, deadline)
-                    if stop is None:
-                        retry += 1
-                        continue
+                answer = self._client.request(
+                    "POST",
+                    url,
+                    headers=self._bearer.headers(),
+                    body=data,
+                    deadline=deadline,
+                    connect=CONNECT_TIMEOUT,
+                    cap=http.MAX_CP_BODY,
+                )
+            except http.NeverConnected as exc:
+                if exc.lasting:  # a certificate or handshake that another try would meet again
+                    raise NothingDone(f"control plane call POST {REDEPLOY_PATH} failed: {exc.cause}") from None
+                cause = f"control plane unreachable at {self.url}: {exc.cause}"
+                stop = self._pause(cause, retry, None, deadline)
+                if stop is not None:
                     raise NothingDone(cause + stop) from None
+                retry += 1
+                continue
+            except http.RequestError as exc:
                 raise CPError(self._transport_message(exc, dry, deadline - start)) from None
-            except http.BodyError as exc:
-                raise CPError(f"control plane answer to POST {REDEPLOY_PATH}: {exc}{unknown}") from None
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise CPError(
-                    f"control plane answer to POST {REDEPLOY_PATH} broke off: {http.describe(exc)}{unknown}"
-                ) from None
-            if resp.status_code not in self.retry.statuses:
-                return resp.status_code, raw, ""
-            asked = _retry_after(resp.headers.get("Retry-After"))
-            stop = self._pause(f"control plane answered HTTP {resp.status_code}", retry, asked, deadline)
+            if answer.status not in self.retry.statuses:
+                return answer.status, answer.body, ""
+            asked = _retry_after(answer.headers.get("Retry-After"))
+            stop = self._pause(f"control plane answered HTTP {answer.status}", retry, asked, deadline)
             if stop is not None:
-                return resp.status_code, raw, stop
+                return answer.status, answer.body, stop
             retry += 1
 
     def _pause(self, cause: str, retry: int, asked: float | None, deadline: float) -> str | None:
@@ -340,15 +283,19 @@ class ControlPlane:
         time.sleep(wait)
         return None
 
-    def _transport_message(self, exc: requests.RequestException, dry: bool, allowed: float) -> str:
+    def _transport_message(self, exc: http.RequestError, dry: bool, allowed: float) -> str:
+        """What a call that was sent, or partly sent, and got no whole answer says."""
         unknown = "" if dry else _UNKNOWN
-        if isinstance(exc, requests.ReadTimeout):
+        if isinstance(exc, http.NoAnswer) and exc.timed_out:
             # `allowed`: cp-timeout-seconds, or less when the rollout's own deadline came first.
             waited = f"{round(allowed, 1):g} s"
             return f"no answer from the control plane within {waited} after POST {REDEPLOY_PATH} was sent" + (
                 unknown or " (a dry run: nothing was deployed)"
             )
-        return f"control plane call POST {REDEPLOY_PATH} failed: {http.describe(exc)}{unknown}"
+        if isinstance(exc, http.BodyError):
+            how = ": " if exc.timed_out or isinstance(exc, http.BodyTooLarge) else " broke off: "
+            return f"control plane answer to POST {REDEPLOY_PATH}{how}{exc.cause}{unknown}"
+        return f"control plane call POST {REDEPLOY_PATH} failed: {exc.cause}{unknown}"
 
 
 _UNKNOWN = "; the redeploy's outcome is unknown: check the control plane before re-running (not re-sent)"

@@ -11,14 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
-
 from fleet import contract, http, runner
 from fleet.contract import ContractError, show
 
 READ_SECONDS = 5.0
 MAX_BODY = 256 * 1024
-USER_AGENT = "fleet-rollout/0.2 (forge)"
 
 # What a kill switch (a variable or PROD_AUTO_DEPLOY_DISABLED) reads as "on" and as "off", trimmed and in
 # any case. Any other value is on too: a switch someone set to "stop" or "paused" meant it.
@@ -67,10 +64,10 @@ class Forge:
     def __init__(self, api_url: str, token: str, *, allow_http: bool, ca_bundle: str | None) -> None:
         self.api_url = http.check_url(api_url, "api-url", allow_http) if api_url else ""
         runner.register_secret(token)
-        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._pool = http.Pools(cert_reqs="CERT_REQUIRED", ca_certs=http.default_ca(ca_bundle), retries=False)
+        self._client = http.Client(ca_bundle=ca_bundle, keep_alive=True, idle=1)
 
     def branch_head(self, where: Where) -> str:
         """The sha the branch points at: GitHub answers commit.sha, Gitea commit.id."""
@@ -107,27 +104,24 @@ class Forge:
         return f"{quote(owner, safe='')}/{quote(name, safe='')}"
 
     def _read(self, path: str, what: str, missing_ok: bool = False) -> Any:
-        deadline = time.monotonic() + READ_SECONDS
         try:
-            with http.answer_by(deadline):
-                resp = self._pool.request(
-                    "GET",
-                    self.api_url + path,
-                    headers=self._headers,
-                    redirect=False,
-                    preload_content=False,
-                    timeout=urllib3.Timeout(connect=READ_SECONDS, read=READ_SECONDS),
-                )
-                body = http.read_body(resp, deadline, MAX_BODY)
-        except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
-            raise ForgeError(f"reading {what} failed: {http.describe(exc)}") from None
+            resp = self._client.request(
+                "GET",
+                self.api_url + path,
+                headers=self._headers,
+                deadline=time.monotonic() + READ_SECONDS,
+                connect=READ_SECONDS,
+                cap=MAX_BODY,
+            )
+        except http.RequestError as exc:
+            raise ForgeError(f"reading {what} failed: {exc.cause}") from None
         if resp.status == 404 and missing_ok:
             return None
         if resp.status != 200:
             hint = " (the api-token lacks permission)" if resp.status in (401, 403) else ""
             raise ForgeError(f"reading {what} answered HTTP {resp.status}{hint}")
         try:
-            return contract.parse_json(body, what)
+            return contract.parse_json(resp.body, what)
         except ContractError as exc:
             raise ForgeError(runner.scrub(str(exc))) from None
 

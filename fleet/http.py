@@ -1,63 +1,91 @@
-"""Transport rules shared by the control-plane, tenant and forge clients: which URLs may be used, which
-go through a proxy, which CA file verifies them, and how a body is read within a deadline and a size cap."""
+"""The one HTTP client of the control-plane, tenant and forge clients, and the rules it keeps for all
+three: which URLs may be used, which go through a proxy, which CA file verifies them, that a redirect is
+never followed, that an answer arrives whole (status line, headers and body) by the request's deadline
+and within a size cap, and why a request failed, in a few words.
+
+The connection is made in named phases (TCP connect, the proxy's tunnel, the TLS handshake), so a
+failure says where it stopped and whether the request can have been sent. http.client then reads the
+answer through a reader that gives each read only the time left before the deadline: a read timeout
+alone restarts with every byte, so a server that drips its headers would never time out."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import http.client
 import io
 import ipaddress
 import os
+import re
+import select
 import socket
 import ssl
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-import certifi
-import urllib3
-from urllib3.util.ssl_match_hostname import CertificateError as _HostnameMismatch
-
+from fleet import __version__
 from fleet.contract import ContractError, show
 
 MAX_CP_BODY = 16 * 1024 * 1024
 MAX_TENANT_BODY = 64 * 1024
+USER_AGENT = f"fleet-rollout/{__version__}"
+MAX_PROXY_ANSWER = 16 * 1024  # the proxy's answer to CONNECT: a status line and a few headers
 
 
-class BodyError(Exception):
-    """A body that could not be read whole: too slow or too large."""
+# -- why a request failed ------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """A request that gave no usable answer. `cause` says why in a few words, without the URL."""
+
+    def __init__(self, cause: str, *, timed_out: bool = False) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.timed_out = timed_out
+
+
+class NeverConnected(RequestError):
+    """The request was never sent: the name lookup, TCP connect, the proxy's tunnel or the TLS handshake
+    failed. `lasting`: a failure another try would meet again (the certificate, the TLS handshake)."""
+
+    def __init__(self, cause: str, *, timed_out: bool = False, lasting: bool = False) -> None:
+        super().__init__(cause, timed_out=timed_out)
+        self.lasting = lasting
+
+
+class NoAnswer(RequestError):
+    """The request was sent, or partly sent, and no whole status line and headers came back: the server
+    may have acted on it."""
+
+
+class BodyError(RequestError):
+    """The status line and headers came, the body did not arrive whole."""
 
 
 class BodyTooLarge(BodyError):
-    """The body passed the size cap; the status line is still good."""
+    """The body passed the size cap; the status is still good."""
 
-
-class NeverConnected(urllib3.exceptions.ConnectTimeoutError):
-    """A connection that never carried the request: its TCP connect, the proxy's tunnel or its TLS
-    handshake did not finish. `cause` names the phase, where, and the time it was allowed. A
-    ConnectTimeoutError, as urllib3 and requests class every connection that never opened."""
-
-    def __init__(self, conn: Any, cause: str) -> None:
-        super().__init__(conn, cause)
-        self.cause = cause
+    def __init__(self, cause: str, status: int) -> None:
+        super().__init__(cause)
+        self.status = status
 
 
 # The short cause an exception stands for, by its class, checked in this order: several of these
 # classes subclass others (RemoteDisconnected is a ConnectionResetError; TimeoutError, ssl.SSLError and
-# socket.gaierror are OSErrors; urllib3's IncompleteRead and InvalidChunkLength are http.client's
-# IncompleteRead). urllib3's NewConnectionError (a ConnectTimeoutError) is left to what it wraps.
+# socket.gaierror are OSErrors; IncompleteRead is an HTTPException).
 _CAUSES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
-    ((urllib3.exceptions.NameResolutionError, socket.gaierror), "host name not found"),
-    ((urllib3.exceptions.TimeoutError, TimeoutError), "timed out"),  # socket.timeout is TimeoutError
-    ((ssl.SSLCertVerificationError, _HostnameMismatch), "TLS certificate verification failed"),
+    ((socket.gaierror,), "host name not found"),
+    ((TimeoutError,), "timed out"),  # socket.timeout is TimeoutError
+    ((ssl.SSLCertVerificationError,), "TLS certificate verification failed"),  # the host name too
     ((ssl.SSLError,), "TLS handshake failed"),
     ((http.client.RemoteDisconnected,), "connection closed without an answer"),
     ((http.client.IncompleteRead,), "answer truncated"),
+    ((http.client.HTTPException,), "not an HTTP answer"),
     ((ConnectionRefusedError,), "connection refused"),
     ((ConnectionResetError,), "connection reset"),
     ((ConnectionAbortedError,), "connection aborted"),
@@ -75,24 +103,10 @@ _ERRNO_CAUSES = {
     errno.EPERM: "connection not permitted",
 }
 
-# Wrappers whose own class says less than what they wrap: the cause used only when nothing under them
-# has a class above.
-_WRAPPER_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
-    (urllib3.exceptions.NewConnectionError, "connection failed"),
-    (urllib3.exceptions.SSLError, "TLS handshake failed"),
-    (urllib3.exceptions.ProtocolError, "connection broken"),
-)
-
 
 def _cause(exc: BaseException) -> str | None:
-    if isinstance(exc, NeverConnected):
+    if isinstance(exc, RequestError):
         return exc.cause
-    if isinstance(exc, BodyError):
-        return str(exc)
-    if isinstance(exc, urllib3.exceptions.NewConnectionError) and not isinstance(
-        exc, urllib3.exceptions.NameResolutionError
-    ):
-        return None  # the OSError it was raised from says why
     for classes, cause in _CAUSES:
         if isinstance(exc, classes):
             return cause
@@ -101,50 +115,27 @@ def _cause(exc: BaseException) -> str | None:
     return None
 
 
-def _links(exc: BaseException) -> list[BaseException]:
-    """What `exc` wraps, nearest first: MaxRetryError's reason, exceptions among its args (ProtocolError,
-    urllib3's SSLError, requests' wrappers), its __cause__, then its __context__ unless suppressed."""
-    links = [getattr(exc, "reason", None), *exc.args, exc.__cause__]
-    if not exc.__suppress_context__:
-        links.append(exc.__context__)
-    return [link for link in links if isinstance(link, BaseException)]
-
-
-def _walk(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and everything it wraps, depth first, each once."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling, nearest first, each once."""
     seen: set[int] = set()
-    stack = [exc]
-    while stack and len(seen) < 64:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack.extend(reversed(_links(current)))
-
-
-def _is_wrapper(exc: BaseException) -> bool:
-    if isinstance(exc, urllib3.exceptions.MaxRetryError):
-        return exc.reason is not None
-    return len(exc.args) == 1 and isinstance(exc.args[0], BaseException)
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 16:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
 
 
 def describe(exc: BaseException) -> str:
     """A short cause for a failed request, without URLs or headers: by the class of the exception or of
-    one it wraps (the outermost that says), never by its text. Failing that, the class's name."""
-    chain = list(_walk(exc))
-    # urllib3 wraps what stopped a connection to the proxy itself; say so, unless the cause names it.
-    via = "connecting to the proxy: " if any(isinstance(x, urllib3.exceptions.ProxyError) for x in chain) else ""
-    for link in chain:
+    one it was raised from, never by its text. Failing that, the class's name."""
+    for link in _chain(exc):
         cause = _cause(link)
         if cause is not None:
-            return cause if isinstance(link, NeverConnected) else via + cause
-    for link in chain:
-        for cls, cause in _WRAPPER_CAUSES:
-            if isinstance(link, cls):
-                return cause
-    named = next((link for link in chain if not _is_wrapper(link)), exc)
-    return type(named).__name__
+            return cause
+    return type(exc).__name__
+
+
+# -- which URLs may be used ---------------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -171,10 +162,38 @@ def check_url(url: str, what: str, allow_http: bool) -> str:
     return url.rstrip("/")
 
 
+# -- which CA file verifies them ------------------------------------------------------------------------
+
+
 def default_ca(ca_bundle: str | None) -> str:
     """The CA file every client verifies with (requests' rule, kept for all): ca-bundle first, then
     REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, then certifi's set."""
-    return ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    found = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if found:
+        return found
+    import certifi  # only when a TLS connection needs it: its import costs a run over plain http
+
+    return certifi.where()
+
+
+_contexts: dict[str, ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """One verifying context per CA file: the certificate chain and the host name are always checked."""
+    with _contexts_lock:
+        context = _contexts.get(ca_file)
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            # An intermediate in the CA file is trusted as an anchor, as urllib3 2 does.
+            context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+            _contexts[ca_file] = context
+        return context
+
+
+# -- which go through a proxy -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,10 @@ class Proxies:
 
     @classmethod
     def from_environment(cls) -> Proxies:
+        if not any(name.lower().endswith("_proxy") for name in os.environ):
+            return cls(None, "")  # spares the import below
+        import urllib.request
+
         found = urllib.request.getproxies_environment()
         proxy = found.get("https") or found.get("all") or None
         if proxy and "://" not in proxy:
@@ -214,6 +237,8 @@ class Proxies:
         return self.https
 
     def _bypassed(self, host: str, port: int | None) -> bool:
+        import urllib.request
+
         named = host if ":" in host or port is None else f"{host}:{port}"
         if urllib.request.proxy_bypass_environment(named, {"no": self.no_proxy}):  # type: ignore[attr-defined]
             return True
@@ -234,205 +259,397 @@ def proxy_headers(proxy: str) -> dict[str, str]:
     if parts.username is None:
         return {}
     credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    return urllib3.util.make_headers(proxy_basic_auth=credentials)
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(credentials.encode("latin-1")).decode()}
 
 
-class Pools:
-    """A client's urllib3 pools: direct, or through the environment's proxy by the `Proxies` rule;
-    each one `bounded`. The proxy manager is made on first use."""
-
-    def __init__(self, **pool_kw: Any) -> None:
-        self.proxies = Proxies.from_environment()
-        self._kw = pool_kw
-        self._direct = bounded(urllib3.PoolManager(**pool_kw))
-        self._via: urllib3.ProxyManager | None = None
-        self._lock = threading.Lock()
-
-    def request(self, method: str, url: str, **kw: Any) -> Any:
-        return self._for(url).request(method, url, **kw)
-
-    def _for(self, url: str) -> urllib3.PoolManager:
-        proxy = self.proxies.for_url(url)
-        if proxy is None:
-            return self._direct
-        with self._lock:
-            if self._via is None:
-                self._via = urllib3.ProxyManager(proxy, proxy_headers=proxy_headers(proxy), **self._kw)
-                bounded(self._via)
-            return self._via
+# -- connecting, in named phases ------------------------------------------------------------------------
 
 
-_answer = threading.local()
+class _Transport(Protocol):
+    """What a connection is read and written through: a socket, a TLS socket, or TLS inside TLS."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+    def recv_into(self, buffer: Any, /) -> int: ...
+    def settimeout(self, seconds: float | None, /) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
 
 
-@contextlib.contextmanager
-def answer_by(deadline: float) -> Iterator[None]:
-    """Within the block, a response from a `bounded` pool manager must arrive whole (status line,
-    headers and body) by `deadline` (monotonic): each read waits only for the time left. A read
-    timeout alone restarts with every byte, so a server that drips its headers would never time out."""
-    previous = getattr(_answer, "deadline", None)
-    _answer.deadline = deadline
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def of(cls, parts: SplitResult) -> _Endpoint:
+        return cls(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _allowed(connect: float, deadline: float, phase: str) -> float:
+    """The seconds one phase of connecting may take: the connect timeout, less near the deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise NeverConnected(f"no time left before the deadline for the {phase}", timed_out=True)
+    return min(connect, left)
+
+
+def _seconds(allowed: float) -> str:
+    return f"{round(allowed, 1):g} s"
+
+
+def _tcp(where: _Endpoint, allowed: float, proxy: bool) -> socket.socket:
+    what = " the proxy" if proxy else ""
     try:
-        yield
-    finally:
-        _answer.deadline = previous
+        sock = socket.create_connection((where.host, where.port), timeout=allowed)
+    except TimeoutError as exc:
+        raise NeverConnected(
+            f"TCP connect to{what} {where} did not finish within {_seconds(allowed)}", timed_out=True
+        ) from exc
+    except OSError as exc:
+        raise NeverConnected(("connecting to the proxy: " if proxy else "") + describe(exc)) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body leave without delay
+    return sock
 
 
-# The deadline reader relies on these urllib3 2.x / http.client internals (urllib3 is pinned >=2,<3;
-# tests/test_http.py fails if any of them moves):
-# - urllib3.PoolManager builds its pools from the instance attribute `pool_classes_by_scheme`
-#   (`bounded` replaces it), and HTTP(S)ConnectionPool builds connections from the class attribute
-#   `ConnectionCls`;
-# - urllib3.connection.HTTPConnection.getresponse() calls http.client.HTTPConnection.getresponse(),
-#   which makes the response as `self.response_class(self.sock, method=...)`;
-# - http.client.HTTPResponse.__init__(sock, ...) touches the socket only through `sock.makefile("rb")`,
-#   and reads the status line, headers and body only through that file;
-# - the connection's socket (socket.socket or ssl.SSLSocket) has `makefile("rb", buffering=0)` (a raw
-#   reader with readinto) and `settimeout`, and its timeout (socket.timeout, i.e. TimeoutError) is what
-#   urllib3 turns into ReadTimeoutError;
-# - read_body reads with urllib3.response.HTTPResponse.read1(amt, decode_content=...), new in urllib3 2;
-# - the connection's connect() raises ConnectTimeoutError for a TCP connect that timed out and lets the
-#   TLS handshake's TimeoutError through; behind a proxy it calls `_tunnel()` (http.client's, or
-#   urllib3's copy), with the proxy in `host`/`port` and the target in `_tunnel_host`/`_tunnel_port`.
-class _DeadlineReader(io.RawIOBase):
-    """A socket's reader that gives each read only the time left before the deadline."""
+def _handshake(
+    sock: _Transport, context: ssl.SSLContext, where: _Endpoint, allowed: float, what: str = ""
+) -> _Transport:
+    """TLS with `where`, verified against the context's CA file; `what` names the proxy when it is one."""
+    try:
+        if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(allowed)
+            return context.wrap_socket(sock, server_hostname=where.host)
+        return _NestedTLS(sock, context, where.host, allowed)
+    except TimeoutError as exc:
+        sock.close()
+        cause = f"TLS handshake with{what} {where} did not finish within {_seconds(allowed)}"
+        raise NeverConnected(cause, timed_out=True) from exc
+    except ssl.SSLError as exc:
+        sock.close()
+        raise NeverConnected(describe(exc), lasting=True) from exc
+    except OSError as exc:
+        sock.close()
+        raise NeverConnected(describe(exc)) from exc
 
-    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
-        self._raw, self._sock, self._deadline = raw, sock, deadline
-        self._limit = sock.gettimeout()
+
+def _tunnel(sock: _Transport, proxy: str, target: _Endpoint, allowed: float) -> None:
+    """Ask the proxy for a tunnel to `target` (CONNECT) and read its answer within `allowed` seconds,
+    a byte at a time: nothing past the answer may be taken from the socket."""
+    where = _Endpoint.of(urlsplit(proxy))
+    failed = f"the proxy {where} did not open a tunnel to {target}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", f"User-Agent: {USER_AGENT}"]
+    lines += [f"{name}: {value}" for name, value in proxy_headers(proxy).items()]
+    reader = _Deadline(sock, time.monotonic() + allowed)
+    try:
+        reader.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = _head_of_connect(reader)
+    except TimeoutError as exc:
+        sock.close()
+        raise NeverConnected(f"{failed} within {_seconds(allowed)}", timed_out=True) from exc
+    except OSError as exc:
+        sock.close()
+        raise NeverConnected(f"{failed}: {describe(exc)}") from exc
+    status = re.match(rb"HTTP/1\.[01] (\d{3})[ \r]", answer)
+    if status is None or not 200 <= int(status[1]) < 300:
+        sock.close()
+        said = f"it answered HTTP {int(status[1])}" if status else "its answer was not HTTP"
+        raise NeverConnected(f"{failed}: {said}")
+
+
+def _head_of_connect(reader: _Deadline) -> bytes:
+    answer = bytearray()
+    byte = bytearray(1)
+    while not answer.endswith(b"\r\n\r\n"):
+        if len(answer) > MAX_PROXY_ANSWER or not reader.recv_into(byte):
+            raise ConnectionAbortedError(errno.ECONNABORTED, "the proxy's answer ended early")
+        answer += byte
+    return bytes(answer)
+
+
+class _NestedTLS:
+    """TLS with the target inside the TLS connection to an https:// proxy, through ssl's memory BIOs
+    (a TLS socket cannot be wrapped again)."""
+
+    def __init__(self, outer: _Transport, context: ssl.SSLContext, host: str, allowed: float) -> None:
+        self._outer = outer
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+        self._until: float | None = None
+        self.settimeout(allowed)
+        self._pump(self._tls.do_handshake)
+
+    def _pump(self, operation: Any, *args: Any) -> Any:
+        while True:
+            try:
+                result = operation(*args)
+            except ssl.SSLWantReadError:
+                self._flush()
+                if self._until is not None:
+                    left = self._until - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("timed out") from None
+                    self._outer.settimeout(left)
+                data = bytearray(65536)
+                received = self._outer.recv_into(data)
+                if received:
+                    self._incoming.write(data[:received])
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._flush()
+            return result
+
+    def _flush(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            self._outer.sendall(pending)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._pump(self._tls.write, view) :]
+
+    def recv_into(self, buffer: Any) -> int:
+        try:
+            return int(self._pump(self._tls.read, len(buffer), buffer))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0  # the end of the stream, with or without TLS's own goodbye (as a TLS socket reads it)
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._until = None if seconds is None else time.monotonic() + seconds
+        self._outer.settimeout(seconds)
+
+    def fileno(self) -> int:
+        return self._outer.fileno()
+
+    def close(self) -> None:
+        self._outer.close()
+
+
+# -- reading an answer by its deadline ------------------------------------------------------------------
+
+
+class _Deadline:
+    """A connection as http.client's response sees it (it only calls makefile("rb")), with every send and
+    read given only the time left before the request's deadline (monotonic)."""
+
+    def __init__(self, transport: _Transport, deadline: float) -> None:
+        self.transport = transport
+        self.deadline = deadline
+
+    def _wait(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not arrive before the deadline")
+        self.transport.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self._wait()
+        self.transport.sendall(data)
+
+    def recv_into(self, buffer: Any) -> int:
+        self._wait()
+        return self.transport.recv_into(buffer)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_Reader(self))
+
+    def dropped(self) -> bool:
+        """Whether an idle connection was closed by the server (or has something unasked to say)."""
+        try:
+            readable, _, _ = select.select([self.transport], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.transport.close()
+
+
+class _Reader(io.RawIOBase):
+    """The raw reader under the response's buffer; closing it leaves the connection to its owner."""
+
+    def __init__(self, connection: _Deadline) -> None:
+        self._connection = connection
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the answer did not arrive before the deadline")
-        # Never longer than the socket's own timeout: a proxy's answer to CONNECT keeps the connect timeout.
-        self._sock.settimeout(left if self._limit is None else min(left, self._limit))
-        return self._raw.readinto(buffer)
+        return self._connection.recv_into(buffer)
+
+
+# -- the client ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole answer: a redirect (3xx) is one too, as it is never followed."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+_Key = tuple[str, str, int]
+
+
+def _target(parts: SplitResult) -> str:
+    """The request target, with anything a request line cannot carry percent-encoded."""
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if target.isascii() and target.isprintable() and " " not in target:
+        return target
+    return "".join(char if " " < char < "\x7f" else quote(char) for char in target)
+
+
+class Client:
+    """HTTP/1.1 for one kind of server: the environment's proxy (`Proxies`), TLS always verified with the
+    CA file `default_ca` picks, redirects never followed, one User-Agent, and each answer read whole by
+    its deadline. `keep_alive`: an answer read whole, whose server did not ask to close, leaves its
+    connection for the next request to the same scheme, host and port (at most `idle` of them, each
+    kept while the server keeps it); otherwise every request has its own connection."""
+
+    def __init__(self, *, ca_bundle: str | None, keep_alive: bool = False, idle: int = 64) -> None:
+        self.proxies = Proxies.from_environment()
+        self._ca_bundle = ca_bundle
+        self._keep_alive = keep_alive
+        self._idle_limit = idle
+        self._idle: dict[_Key, list[_Deadline]] = {}
+        self._lock = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: float,
+        connect: float,
+        cap: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Response:
+        """Send one request and read its answer whole by `deadline` (monotonic), each phase of connecting
+        within `connect` seconds, the body within `cap` bytes. Raises a RequestError saying which phase
+        failed: NeverConnected (never sent), NoAnswer (sent, no answer), BodyError, BodyTooLarge."""
+        parts = urlsplit(url)
+        try:
+            key = (parts.scheme, parts.hostname or "", _Endpoint.of(parts).port)
+        except ValueError:
+            raise NeverConnected("the URL's port is not a number", lasting=True) from None
+        head = self._head(method, parts, headers or {}, body)
+        connection = self._take(key, deadline)
+        if connection is not None:
+            try:
+                return self._exchange(key, connection, head, method, cap)
+            except NoAnswer as exc:
+                if method != "GET" or not isinstance(exc.__cause__, ConnectionError):
+                    raise
+                # The server closed the idle connection as it was taken: a GET is sent again, once.
+        connection = _Deadline(self._connect(parts, url, connect, deadline), deadline)
+        return self._exchange(key, connection, head, method, cap)
 
     def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
+        """Close the idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
+    def _head(self, method: str, parts: SplitResult, headers: Mapping[str, str], body: bytes | None) -> bytes:
+        where = _Endpoint.of(parts)
+        default = 443 if parts.scheme == "https" else 80
+        host = str(where) if where.port != default else str(where).rsplit(":", 1)[0]
+        fields = {"Host": host, "User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        if body is not None:
+            fields["Content-Length"] = str(len(body))
+        if not self._keep_alive:
+            fields["Connection"] = "close"
+        for name, value in fields.items():
+            if _LINE_BREAK.search(name + value):
+                raise NeverConnected(f"the request's {name} header holds a line break", lasting=True)
+        lines = [f"{method} {_target(parts)} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
-class _DeadlineSocket:
-    """What http.client's response asks of its socket (a reader), with the deadline applied."""
+    def _connect(self, parts: SplitResult, url: str, connect: float, deadline: float) -> _Transport:
+        target = _Endpoint.of(parts)
+        proxy = self.proxies.for_url(url)
+        if proxy is None:
+            sock: _Transport = _tcp(target, _allowed(connect, deadline, "TCP connect"), proxy=False)
+        else:
+            via = urlsplit(proxy)
+            sock = _tcp(_Endpoint.of(via), _allowed(connect, deadline, "TCP connect"), proxy=True)
+            if via.scheme == "https":
+                allowed = _allowed(connect, deadline, "TLS handshake")
+                sock = _handshake(sock, self._context(), _Endpoint.of(via), allowed, " the proxy")
+            _tunnel(sock, proxy, target, _allowed(connect, deadline, "proxy's tunnel"))
+        if parts.scheme == "https":
+            sock = _handshake(sock, self._context(), target, _allowed(connect, deadline, "TLS handshake"))
+        return sock
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock, self._deadline = sock, deadline
+    def _context(self) -> ssl.SSLContext:
+        return tls_context(default_ca(self._ca_bundle))
 
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock.makefile("rb", buffering=0), self._sock, self._deadline))
-
-
-class _DeadlineResponse(http.client.HTTPResponse):
-    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
-        deadline = getattr(_answer, "deadline", None)
-        # http.client only calls makefile() on what it is given, which _DeadlineSocket provides.
-        wrapped: Any = sock if deadline is None else _DeadlineSocket(sock, deadline)
-        super().__init__(wrapped, *args, **kwargs)
-
-
-def _where(host: str | None, port: int | None) -> str:
-    host = host or "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _within(conn: Any) -> str:
-    seconds = conn.timeout
-    return f" within {round(seconds, 1):g} s" if isinstance(seconds, int | float) else ""
-
-
-@contextlib.contextmanager
-def _connecting(conn: Any) -> Iterator[None]:
-    """Name the phase a connection stopped in: the TCP connect (to the proxy, when there is one) or the
-    TLS handshake. A handshake that times out never sent the request, though urllib3 would report it
-    as a read timeout."""
-    proxy = " the proxy" if conn._tunnel_host else ""
-    try:
-        yield
-    except (NeverConnected, urllib3.exceptions.NewConnectionError):
-        raise  # named already, or refused / not found: their classes say
-    except urllib3.exceptions.ConnectTimeoutError as exc:
-        cause = f"TCP connect to{proxy} {_where(conn.host, conn.port)} did not finish{_within(conn)}"
-        raise NeverConnected(conn, cause) from exc
-    except TimeoutError as exc:
-        tunnelled = getattr(conn, "_tunnel_open", False)
-        host, port = (conn._tunnel_host, conn._tunnel_port) if tunnelled else (conn.host, conn.port)
-        what = "" if tunnelled or not proxy else proxy
-        cause = f"TLS handshake with{what} {_where(host, port)} did not finish{_within(conn)}"
-        raise NeverConnected(conn, cause) from exc
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    response_class = _DeadlineResponse
-
-    def connect(self) -> None:
-        with _connecting(self):
-            super().connect()
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    response_class = _DeadlineResponse
-
-    def connect(self) -> None:
-        self._tunnel_open = False
-        with _connecting(self):
-            super().connect()
-
-    def _tunnel(self) -> None:
-        """The proxy's CONNECT: a tunnel it did not open never carried the request."""
-        target = _where(self._tunnel_host, self._tunnel_port)
+    def _exchange(self, key: _Key, connection: _Deadline, head: bytes, method: str, cap: int) -> Response:
         try:
-            super()._tunnel()  # type: ignore[misc]
-        except TimeoutError as exc:
-            cause = f"the proxy {_where(self.host, self.port)} did not open a tunnel to {target}{_within(self)}"
-            raise NeverConnected(self, cause) from exc
-        except OSError as exc:
-            why = _cause(exc) or "refused"  # a status other than 200 is an OSError without errno
-            raise NeverConnected(
-                self, f"the proxy {_where(self.host, self.port)} did not open a tunnel to {target}: {why}"
-            ) from exc
-        self._tunnel_open = True
+            connection.sendall(head)
+            response = http.client.HTTPResponse(connection, method=method)  # type: ignore[arg-type]
+            response.begin()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise NoAnswer(describe(exc), timed_out=isinstance(exc, TimeoutError)) from exc
+        try:
+            body = _read_body(response, cap)
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close or not self._keep_alive:
+            connection.close()
+        else:
+            self._give_back(key, connection)
+        return Response(response.status, response.headers, body)
+
+    def _take(self, key: _Key, deadline: float) -> _Deadline | None:
+        while True:
+            with self._lock:
+                connections = self._idle.get(key)
+                if not connections:
+                    return None
+                connection = connections.pop()
+                if not connections:
+                    del self._idle[key]
+            if not connection.dropped():
+                connection.deadline = deadline
+                return connection
+            connection.close()
+
+    def _give_back(self, key: _Key, connection: _Deadline) -> None:
+        with self._lock:
+            if sum(len(each) for each in self._idle.values()) < self._idle_limit:
+                self._idle.setdefault(key, []).append(connection)
+                return
+        connection.close()
 
 
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-def bounded(manager: urllib3.PoolManager) -> urllib3.PoolManager:
-    """Make `manager`'s connections honour `answer_by`."""
-    manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-    return manager
-
-
-def read_body(response: Any, deadline: float, cap: int) -> bytes:
-    """Read a urllib3 response (preload_content=False) whole, by `deadline` (monotonic) and within
-    `cap` bytes. The response comes from a `bounded` pool under `answer_by`, so each read waits only
-    for the time left: a server that drips a byte at a time still hits the deadline."""
+def _read_body(response: http.client.HTTPResponse, cap: int) -> bytes:
+    """The body, read in chunks (each read waits only for the time left), within `cap` bytes."""
     chunks: list[bytes] = []
     size = 0
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BodyError("body not received before the deadline")
-            chunk = response.read1(65536, decode_content=True)
-            if not chunk:
-                break
+        while chunk := response.read1(65536):
             size += len(chunk)
             if size > cap:
-                raise BodyTooLarge(f"body larger than {cap} bytes")
+                raise BodyTooLarge(f"body larger than {cap} bytes", response.status)
             chunks.append(chunk)
-    except BaseException:
-        response.close()
-        raise
-    response.release_conn()
+    except TimeoutError as exc:
+        raise BodyError("body not received before the deadline", timed_out=True) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise BodyError(describe(exc)) from exc
+    if response.length:  # the connection ended before Content-Length bytes came
+        raise BodyError(describe(http.client.IncompleteRead(b"", response.length)))
     return b"".join(chunks)

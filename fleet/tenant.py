@@ -1,20 +1,17 @@
-"""HTTP to tenants: one connection pool (through the environment's proxy as `http.Proxies` decides), no
-token, no redirects followed, TLS always verified, and a deadline on every request (a tenant that drips
-a byte at a time still times out)."""
+"""HTTP to tenants: one client whose connections are kept alive and shared by the poll's workers (through
+the environment's proxy as `http.Proxies` decides), no token, no redirects followed, TLS always verified,
+and a deadline on every request (a tenant that drips a byte at a time still times out)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import urllib3
-
 from fleet import http
 from fleet.vocabulary import State
 
 REQUEST_SECONDS = 10.0
 CONNECT_SECONDS = 5.0
-USER_AGENT = "fleet-rollout/0.1 (verify)"
 
 
 @dataclass(frozen=True)
@@ -76,14 +73,8 @@ class Tenants:
         self.allow_http = allow_http
         self.healthz_path = healthz_path
         self.buildinfo_path = buildinfo_path
-        self.pool = http.Pools(
-            num_pools=1024,  # one per tenant host when each tenant has its own name
-            maxsize=max(2, 2 * concurrency),
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=http.default_ca(ca_bundle),
-            retries=False,
-            headers={"User-Agent": USER_AGENT},
-        )
+        # Each worker and its companion hold a connection at a time: that many are kept between polls.
+        self.client = http.Client(ca_bundle=ca_bundle, keep_alive=True, idle=max(2, 2 * concurrency))
 
     def base(self, slug: str) -> str:
         """The tenant's base URL; checked like any URL (plain http only to loopback, unless allowed)."""
@@ -96,17 +87,9 @@ class Tenants:
         if left <= 0:
             return Reply(error="no time left before the deadline")
         try:
-            with http.answer_by(stop):
-                resp = self.pool.request(
-                    "GET",
-                    url,
-                    redirect=False,
-                    preload_content=False,
-                    timeout=urllib3.Timeout(connect=min(CONNECT_SECONDS, left), read=left),
-                )
-                body = http.read_body(resp, stop, http.MAX_TENANT_BODY)
-        except http.BodyTooLarge:
-            return Reply(status=resp.status, oversize=True)
-        except (urllib3.exceptions.HTTPError, http.BodyError, OSError, ValueError) as exc:
-            return Reply(error=http.describe(exc))
-        return Reply(status=resp.status, body=body)
+            answer = self.client.request("GET", url, deadline=stop, connect=CONNECT_SECONDS, cap=http.MAX_TENANT_BODY)
+        except http.BodyTooLarge as exc:
+            return Reply(status=exc.status, oversize=True)
+        except http.RequestError as exc:
+            return Reply(error=exc.cause)
+        return Reply(status=answer.status, body=answer.body)
