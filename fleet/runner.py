@@ -42,17 +42,21 @@ def register_secret(value: str) -> None:
     mask it, and each of its lines, under a runner (a workflow command ends at a newline)."""
     if not value or not value.strip():
         return
-    lines = [line for line in value.splitlines() if line.strip()]
-    for part in [value, *lines]:
-        if part in _SECRETS:
-            continue
-        if part == value or len(part) >= MIN_SCRUBBED_PART:
-            _SECRETS.append(part)
-        if under_runner():
-            _write(f"::add-mask::{_escape_data(part)}")
+    for part in [value, *(line for line in value.splitlines() if line.strip())]:
+        _mask(part, whole=part == value)
     # Scrubbed only: every line this module writes passes `scrub`, and the runner's mask list stays short.
     _SECRETS.extend(form for form in echoed_forms(value) if form not in _SECRETS and len(form) >= MIN_SCRUBBED_PART)
     _SECRETS.sort(key=len, reverse=True)
+
+
+def _mask(part: str, whole: bool) -> None:
+    """Scrub `part` (the whole secret, or one line long enough to be told apart) and mask it once."""
+    if part in _SECRETS:
+        return
+    if whole or len(part) >= MIN_SCRUBBED_PART:
+        _SECRETS.append(part)
+    if under_runner():
+        _write(f"::add-mask::{_escape_data(part)}")
 
 
 def echoed_forms(value: str) -> set[str]:

@@ -9,13 +9,15 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from fleet import inputs, report, runner
 from fleet.contract import ContractError
 from fleet.cp import CPError
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+
+Happened = TypeVar("Happened")  # what a step's work returns: what happened
 
 
 @dataclass(frozen=True)
@@ -39,63 +41,96 @@ class Ending:
     summary: str
     warnings: list[str] = field(default_factory=list)
     error: bool = True  # a failure's message is the ::error:: line; False: a warning (said already)
+    then: list[str] | None = None  # the arguments of a step that follows in this process, if one does
 
 
-class Step(ABC):
+class Partial(Exception):
+    """The work stopped short: `so_far` is what it learned up to then, `cause` what stopped it."""
+
+    def __init__(self, so_far: object, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.so_far = so_far
+        self.cause = cause
+
+
+class Step(ABC, Generic[Happened]):
     usage: inputs.Usage
     names: Sequence[str]
 
     @abstractmethod
-    def work(self, given: StepInputs) -> None:
-        """Do the step's work, keeping what it learns on `self` as it goes, so that a failure part-way
-        still reports it."""
+    def work(self, given: StepInputs) -> Happened:
+        """Do the step's work and return what happened; a failure part-way raises Partial with what was
+        learned, so that it is still reported."""
 
     @abstractmethod
-    def end(self, given: StepInputs, failure: Failure | None) -> Ending:
-        """What the step leaves behind, from what it learned and why it stopped (if it did)."""
+    def end(self, given: StepInputs, outcome: Happened | None, failure: Failure | None) -> Ending:
+        """What the step leaves behind, from what happened (as far as it got) and why it stopped (if it did)."""
 
-    def bad_input_code(self) -> int:
+    def bad_input_code(self, so_far: Happened | None) -> int:
         """The exit code of a contract break: bad input, unless something was already changed."""
         return EXIT_BAD_INPUT
 
-    def stopped(self, signal: runner.Terminated) -> str:
+    def stopped(self, signal: runner.Terminated, so_far: Happened | None) -> str:
         return str(signal)
 
 
-def run(step: Step, argv: Sequence[str] | None) -> int:
+def run(step: Step[Happened], argv: Sequence[str] | None) -> int:
+    return conclude(step, argv)[0]
+
+
+def conclude(step: Step[Happened], argv: Sequence[str] | None) -> tuple[int, Ending | None]:
+    """Run the step; its exit code, and what it left behind (None when it only answered --help)."""
     try:
         given = inputs.read(step.usage, step.names, argv)
     except BrokenPipeError:  # `--help | head`: whoever read the output went away
         runner.stop_writing()
-        return EXIT_OK
-    failure: Failure | None = None
+        return EXIT_OK, None
     with runner.signals_stop() as guard:
-        try:
-            try:
-                step.work(given)
-            finally:
-                guard.hold()  # from here a signal is only noted: what the step leaves is written whole
-        except ContractError as exc:
-            failure = Failure(str(exc), step.bad_input_code())
-        except CPError as exc:
-            failure = Failure(str(exc), EXIT_FAILED)
-        except runner.Terminated as exc:
-            failure = Failure(step.stopped(exc), exc.code, cancelled=True)
-        except Exception as exc:  # noqa: BLE001 - the report and outputs are still written
-            failure = Failure(runner.internal_error(exc), EXIT_FAILED)
-        ending = step.end(given, failure)
+        worked = _work(step, given, guard)
+        outcome, failure = worked
+        ending = step.end(given, outcome, failure)
         code = EXIT_OK if ending.ok else failure.code if failure else EXIT_FAILED
         if code == EXIT_BAD_INPUT and os.path.exists(ending.report_path):
             # Exit 2 means nothing moved: the report an earlier run left at this path is kept.
             ending.report_path = report.refused_path(ending.report_path)
             if "report-path" in ending.outputs:
                 ending.outputs["report-path"] = ending.report_path
-        report.write(ending.report_path, ending.report)
-        runner.set_outputs(ending.outputs)
-        for line in ending.warnings:
-            runner.warning(line)
-        say = runner.log if ending.ok else runner.error if ending.error else runner.warning
-        say(runner.plain(ending.message))
-        runner.write_summary(ending.summary)
-        runner.log(f"report: {runner.plain(ending.report_path)}")
-    return code
+        _leave(ending)
+    return code, ending
+
+
+def _work(step: Step[Happened], given: StepInputs, guard: runner.SignalGuard) -> tuple[Happened | None, Failure | None]:
+    """The step's work under the signal guard: what happened, and why it stopped short if it did."""
+    try:
+        try:
+            return step.work(given), None
+        finally:
+            guard.hold()  # from here a signal is only noted: what the step leaves is written whole
+    except Partial as partial:
+        so_far = cast("Happened | None", partial.so_far)
+        return so_far, _failure(step, partial.cause, so_far)
+    except (Exception, runner.Terminated) as exc:  # noqa: BLE001 - the report and outputs are still written
+        return None, _failure(step, exc, None)
+
+
+def _failure(step: Step[Happened], exc: BaseException, so_far: Happened | None) -> Failure:
+    """Whatever stopped the work, as a one-line cause and the exit code it earns."""
+    if isinstance(exc, ContractError):
+        return Failure(str(exc), step.bad_input_code(so_far))
+    if isinstance(exc, CPError):
+        return Failure(str(exc), EXIT_FAILED)
+    if isinstance(exc, runner.Terminated):
+        return Failure(step.stopped(exc, so_far), exc.code, cancelled=True)
+    return Failure(runner.internal_error(exc), EXIT_FAILED)
+
+
+def _leave(ending: Ending) -> None:
+    """Write what the step leaves, on every path: the report, the outputs, the verdict and the summary."""
+    report.write(ending.report_path, ending.report)
+    runner.set_outputs(ending.outputs)
+    for line in ending.warnings:
+        runner.warning(line)
+    say = runner.log if ending.ok else runner.error if ending.error else runner.warning
+    say(runner.plain(ending.message))
+    runner.write_summary(ending.summary)
+    runner.log(f"report: {runner.plain(ending.report_path)}")

@@ -1,8 +1,9 @@
 """The words both steps use, one per idea, as they appear in the report, the outputs and the summaries.
 
 A tenant's rollout outcome is what the control plane did to it; its state is what verify saw on it; the
-rollout's verdict is how the whole rollout ended. A straggler is a tenant that failed its redeploy; it
-becomes quarantined when the budget allows it and the rollout ships.
+rollout's verdict is how the whole rollout ended, verify's verdict how its check ended, and the run's
+verdict (fleet.verdict) how both did. A straggler is a tenant that failed its redeploy; it becomes
+quarantined when the budget allows it and the rollout ships.
 """
 
 from __future__ import annotations
@@ -34,14 +35,36 @@ class RolloutVerdict(Word):
     HALTED = "halted"  # the kill switch
     CANCELLED = "cancelled"  # the job was cancelled: the runner's SIGINT or SIGTERM stopped the rollout
 
-    @property
-    def ok(self) -> bool:
-        return self in (
-            RolloutVerdict.SHIPPED,
-            RolloutVerdict.SHIPPED_WITH_QUARANTINE,
-            RolloutVerdict.PLANNED,
-            RolloutVerdict.SUPERSEDED,
-        )
+
+class Mode(Word):
+    """How the rollout drives the control plane."""
+
+    SCOPED = "scoped"  # the action drives: the canary and each batch are scoped calls
+    FLEET = "fleet"  # one call, the control plane drives
+
+
+class Follow(Word):
+    """What follows the rollout: verify checks the fleet it shipped, surveys the fleet it touched and
+    then failed, or nothing."""
+
+    CHECK = "check"
+    SURVEY = "survey"
+    NONE = "none"
+
+
+class VerifyMode(Word):
+    """How verify ran: a check of a shipped fleet, or a survey of who runs which build."""
+
+    VERIFY = "verify"
+    SURVEY = "survey"
+
+
+class VerifyVerdict(Word):
+    """How verify ended on its whole scope; a survey always fails, since the rollout before it did."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SURVEY = "survey"
 
 
 class Outcome(Word):

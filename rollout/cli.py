@@ -1,4 +1,5 @@
-"""`python -m rollout`: the rollout step, as the action runs it and on its own (flags)."""
+"""`python -m rollout`: the rollout step, as the action runs it and on its own (flags). Its work returns
+what happened (Rolled); what the step leaves behind is a pure function of that."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet import inputs, report, runner, step
 from fleet.cp import ControlPlane
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED
-from fleet.vocabulary import Outcome, RolloutVerdict, counted, listed
+from fleet.verdict import RolloutEnd, RunVerdict, run_verdict
+from fleet.vocabulary import Follow, Outcome, RolloutVerdict, counted, listed
 from rollout import drive, gate, summary
+from rollout.drive import Result
+from rollout.gate import End
 from rollout.plan import Plan, Settings, enumeration_body, make_plan, plan_record, run_seconds, settings_from
 from verify import cli as verify_cli
 
@@ -25,7 +30,24 @@ NAMES = inputs.flags(inputs.ROLLOUT)
 VERIFY_NAMES = inputs.action_flags(inputs.VERIFY)
 
 
-class Rollout(step.Step):
+@dataclass(frozen=True)
+class Rolled:
+    """What the rollout step did, as far as it got: its settings, its plan, the control-plane client
+    (its calls, and whether a real one went out), and the drive's result, or the End the environment's
+    kill switch made before anything was sent."""
+
+    settings: Settings | None = None
+    plan: Plan | None = None
+    cp: ControlPlane | None = None
+    result: Result | None = None
+    halted: End | None = None
+
+    @property
+    def touched(self) -> bool:
+        return self.cp is not None and self.cp.sent_real_call
+
+
+class Rollout(step.Step[Rolled]):
     usage = inputs.Usage(
         prog="python -m rollout",
         description="Roll a build out across the fleet through the control plane: the canary first, then "
@@ -40,126 +62,136 @@ class Rollout(step.Step):
 
     def __init__(self) -> None:
         self.started = report.now()
-        self.settings: Settings | None = None
-        self.plan: Plan | None = None
-        self.cp: ControlPlane | None = None
-        self.result: drive.Result | None = None
-        self.halted: gate.Stop | None = None
-        self.values: dict[str, str] = {}
-        self.report_path = ""
-        self.follows = "false"
 
-    def work(self, given: StepInputs) -> None:
-        settings = self.settings = settings_from(given.values, os.environ)
-        token = given.check_token()
+    def work(self, given: StepInputs) -> Rolled:
+        settings = settings_from(given.values, os.environ)
+        rolled = Rolled(settings)
         try:
+            token = given.check_token()
             gate.check_environment(os.environ)  # before any call: the switch means nothing at all is sent
+            checks = gate.gate_for(settings, given.api_token, os.environ)
+            cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
+            rolled = replace(rolled, cp=cp)
+            plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
+            rolled = replace(rolled, plan=plan)
+            cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
+            _log_plan(settings, plan)
+            return replace(rolled, result=drive.run(settings, plan, cp, drive.health_watch(settings), checks))
         except gate.Stop as stop:
-            self.halted = stop
-            return
-        checks = gate.gate_for(settings, given.api_token, os.environ)
-        cp = self.cp = ControlPlane(settings.cp_url, token, timeout=settings.cp_timeout, ca_bundle=settings.ca_bundle)
-        plan = self.plan = make_plan(settings, cp.enumerate(enumeration_body(settings)))
-        cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
-        _log_plan(settings, plan)
-        try:
-            self.result = drive.run(settings, plan, cp, drive.health_watch(settings), checks)
+            return replace(rolled, halted=stop.end)
         except drive.BrokeOff as broke:
-            self.result = broke.result
-            raise broke.cause from None
+            raise step.Partial(replace(rolled, result=broke.result), broke.cause) from None
+        except (Exception, runner.Terminated) as exc:  # noqa: BLE001 - what was learned goes with the cause
+            raise step.Partial(rolled, exc) from None
 
-    def bad_input_code(self) -> int:
+    def bad_input_code(self, so_far: Rolled | None) -> int:
         # An answer that breaks the contract after a real call is a failed rollout, not bad input.
-        return EXIT_FAILED if self.cp is not None and self.cp.sent_real_call else EXIT_BAD_INPUT
+        return EXIT_FAILED if so_far is not None and so_far.touched else EXIT_BAD_INPUT
 
-    def stopped(self, signal: runner.Terminated) -> str:
-        if self.cp is None or not self.cp.sent_real_call:
+    def stopped(self, signal: runner.Terminated, so_far: Rolled | None) -> str:
+        if so_far is None or not so_far.touched:
             return f"{signal} before the rollout sent a real call; nothing was deployed"
-        unknown = [t.slug for t in self.result.tenants.values() if t.outcome == Outcome.UNKNOWN] if self.result else []
+        result = so_far.result
+        unknown = [t.slug for t in result.tenants.values() if t.outcome == Outcome.UNKNOWN] if result else []
         if not unknown:
             return f"{signal} between two calls of the rollout; no call was under way"
         named = listed(unknown)
         return f"{signal} during a call of the rollout; tenants in the call under way have an unknown outcome: {named}"
 
-    def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
-        settings, plan, result = self.settings, self.plan, self.result
-        if failure is not None:
-            verdict = RolloutVerdict.CANCELLED if failure.cancelled else RolloutVerdict.FAILED
-            message = failure.message
-            if result is not None:
-                result.verdict, result.message = verdict, message
-                if failure.cancelled:
-                    result.leave("not attempted: the job was cancelled")
-        elif self.halted is not None:
-            verdict, message = self.halted.verdict, self.halted.message
-        else:
-            assert result is not None
-            verdict, message = result.verdict, result.message
-        ok = failure is None and verdict.ok
-        self.values, self.follows = given.values, self.verify_follows(ok)
-        self.report_path = given.values["report"] or report.default_path()
-        doc = self._report(ok, verdict, message)
+    def end(self, given: StepInputs, outcome: Rolled | None, failure: step.Failure | None) -> step.Ending:
+        rolled = outcome or Rolled()
+        result, ended = _ended(rolled, failure)
+        settings = rolled.settings
+        tenants_known = settings is not None and settings.tenants is not None
+        run = run_verdict(RolloutEnd(ended.verdict, ended.message, rolled.touched, tenants_known), None)
+        path = given.values["report"] or report.default_path()
+        doc = _report(rolled, result, ended, run, self.started)
         stragglers = doc.get("stragglers", [])
-        warnings = []
-        for tenant in result.tenants.values() if result else []:
-            if tenant.outcome == Outcome.QUARANTINED:
-                warnings.append(f"tenant {tenant.slug} quarantined, needs individual recovery: {tenant.reason}")
-            elif tenant.outcome == Outcome.STRAGGLER:
-                warnings.append(f"tenant {tenant.slug} straggler: {tenant.reason}")
         return step.Ending(
-            ok=ok,
-            message=message,
-            report_path=self.report_path,
+            ok=run.ok,
+            message=run.message,
+            report_path=path,
             report=doc,
             outputs={
-                "ok": "true" if ok else "false",
-                "superseded": result.superseded if result else "",
+                "ok": "true" if run.ok else "false",
+                "superseded": ended.superseded,
                 "stragglers": json.dumps(stragglers),
                 "quarantined-count": str(len(stragglers)),
-                "report-path": self.report_path,
-                # Whether verify follows, and how: the action's condition, decided in one place.
-                "verify": self.follows,
+                "report-path": path,
+                # What runs next, as fleet.verdict decided it: verify's `if:` in the action reads it.
+                "verify": run.next,
             },
-            summary=summary.render(verdict, message, settings, plan, result),
-            warnings=[runner.plain(line) for line in warnings],
+            summary=summary.render(run, settings, rolled.plan, result),
+            warnings=_warnings(result),
+            then=_then(given, settings, run),
         )
 
-    def verify_follows(self, ok: bool) -> str:
-        """`true`: verify the shipped fleet; `survey`: the rollout touched the fleet and then failed, so
-        read every tenant and report who runs which build; `false`: nothing to verify."""
-        settings, result = self.settings, self.result
-        if runner.stopped():  # a cancelled job starts nothing new
-            return "false"
-        if settings is None or settings.tenants is None or settings.dry_run or result is None:
-            return "false"
-        if ok:
-            return "false" if result.verdict == RolloutVerdict.SUPERSEDED else "true"
-        return "survey" if self.cp is not None and self.cp.sent_real_call else "false"
 
-    def _report(self, ok: bool, verdict: RolloutVerdict, message: str) -> dict[str, Any]:
-        settings, result, cp = self.settings, self.result, self.cp
-        doc: dict[str, Any] = {"schema_version": 1, "ok": ok, "message": message}
+def _ended(rolled: Rolled, failure: step.Failure | None) -> tuple[Result | None, End]:
+    """The drive's result, and how the rollout ended: as the drive or the kill switch said, or, when the
+    work stopped short, failed or cancelled with the cause as its message."""
+    result = rolled.result
+    if failure is not None:
+        verdict = RolloutVerdict.CANCELLED if failure.cancelled else RolloutVerdict.FAILED
+        leave = "not attempted: the job was cancelled" if failure.cancelled else ""
+        return (result.ended(verdict, failure.message, leave) if result else None), End(verdict, failure.message)
+    if rolled.halted is not None:
+        return result, rolled.halted
+    assert result is not None
+    return result, End(result.verdict, result.message, superseded=result.superseded)
+
+
+def _warnings(result: Result | None) -> list[str]:
+    warnings = []
+    for tenant in result.tenants.values() if result else []:
+        if tenant.outcome == Outcome.QUARANTINED:
+            warnings.append(f"tenant {tenant.slug} quarantined, needs individual recovery: {tenant.reason}")
+        elif tenant.outcome == Outcome.STRAGGLER:
+            warnings.append(f"tenant {tenant.slug} straggler: {tenant.reason}")
+    return [runner.plain(line) for line in warnings]
+
+
+def _then(given: StepInputs, settings: Settings | None, run: RunVerdict) -> list[str] | None:
+    """The recovery command's verify (`--verify true`): its flags, when verify follows (--report is added
+    where the report was written)."""
+    if settings is None or not settings.verify_after or run.next == Follow.NONE:
+        return None
+    return [arg for name in VERIFY_NAMES for arg in (f"--{name}", given.values[name])]
+
+
+def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, started: str) -> dict[str, Any]:
+    settings, cp = rolled.settings, rolled.cp
+    doc: dict[str, Any] = {"schema_version": 1, "ok": run.ok, "verdict": run.verdict, "message": run.message}
+    if settings is not None:
+        doc["plan"] = plan_record(settings, rolled.plan)
+    doc["calls"] = cp.calls if cp is not None else []
+    if result is not None:
+        doc |= _outcomes(settings, result)
+    doc["rollout"] = {
+        "ok": run.ok,
+        "verdict": ended.verdict,
+        "message": ended.message,
+        "follow": run.follow,
+        "touched": rolled.touched,
+        "superseded": ended.superseded,
+        "started_at": started,
+        "finished_at": report.now(),
+    }
+    return doc
+
+
+def _outcomes(settings: Settings | None, result: Result) -> dict[str, Any]:
+    """The tenants' part of the report: each one's outcome, the stragglers with the one command that
+    redeploys them strictly and verifies them, and the tenants a call reached outside its scope."""
+    part: dict[str, Any] = {"tenants": [t.record() for t in result.tenants.values()]}
+    stragglers = result.stragglers()
+    if stragglers:
+        part["stragglers"] = stragglers
         if settings is not None:
-            doc["plan"] = plan_record(settings, self.plan)
-        doc["calls"] = cp.calls if cp is not None else []
-        if result is not None:
-            doc["tenants"] = [t.record() for t in result.tenants.values()]
-            if result.stragglers():
-                doc["stragglers"] = result.stragglers()
-                if settings is not None:  # the one command that redeploys them strictly and verifies them
-                    doc["recovery"] = summary.recovery_command(settings, result.stragglers())
-            if result.outside:
-                doc["outside_scope"] = result.outside
-        doc["rollout"] = {
-            "ok": ok,
-            "verdict": verdict,
-            "message": message,
-            "touched": cp is not None and cp.sent_real_call,
-            "superseded": result.superseded if result else "",
-            "started_at": self.started,
-            "finished_at": report.now(),
-        }
-        return doc
+            part["recovery"] = summary.recovery_command(settings, stragglers)
+    if result.outside:
+        part["outside_scope"] = result.outside
+    return part
 
 
 def _log_plan(settings: Settings, plan: Plan) -> None:
@@ -179,18 +211,14 @@ def _log_plan(settings: Settings, plan: Plan) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    rollout = Rollout()
-    code = step.run(rollout, argv)
-    if rollout.settings is None or not rollout.settings.verify_after:
+    code, ending = step.conclude(Rollout(), argv)
+    if ending is None or ending.then is None:
         return code
     stopped = runner.stopped()
     if stopped is not None:  # the job was cancelled: verify, which was to follow, does not start
         return code or stopped.code
-    if rollout.follows == "false":
-        return code
     # The recovery command: verify the tenants just redeployed, from the report just written.
-    flags = [arg for name in VERIFY_NAMES for arg in (f"--{name}", rollout.values[name])]
-    checked = verify_cli.main(["--report", rollout.report_path, *flags])
+    checked = verify_cli.main(["--report", ending.report_path, *ending.then])
     return code or checked
 
 

@@ -1,6 +1,6 @@
 """What is checked before real calls: the kill switch (the environment's, then the repository
 variable's, read again before every real call) and, before the first, whether a newer commit on the
-deployed branch has superseded this run. Each way the rollout ends early is a Stop."""
+deployed branch has superseded this run. Each way a check ends the rollout is a Stop."""
 
 from __future__ import annotations
 
@@ -14,16 +14,27 @@ from rollout.plan import Settings
 ENV_SWITCH = "PROD_AUTO_DEPLOY_DISABLED"
 
 
-class Stop(Exception):
-    """The rollout ends here, with this verdict and message; the tenants not yet redeployed keep their
-    old build, with `leave` as the reason (by default, the message)."""
+@dataclass(frozen=True)
+class End:
+    """How the rollout ends: its verdict and message; the tenants not yet redeployed keep their old
+    build, with `leave` as the reason (by default, the message)."""
 
-    def __init__(self, verdict: RolloutVerdict, message: str, leave: str = "", superseded: str = "") -> None:
-        super().__init__(message)
-        self.verdict = verdict
-        self.message = message
-        self.leave = leave or f"not attempted: {message}"
-        self.superseded = superseded  # the newer head's sha, when the run stood down for it
+    verdict: RolloutVerdict
+    message: str
+    leave: str = ""
+    superseded: str = ""  # the newer head's sha, when the run stood down for it
+
+    @property
+    def left(self) -> str:
+        return self.leave or f"not attempted: {self.message}"
+
+
+class Stop(Exception):
+    """A check that ends the rollout before a call goes out: raised from that call, it carries the End."""
+
+    def __init__(self, end: End) -> None:
+        super().__init__(end.message)
+        self.end = end
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
@@ -31,10 +42,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
     value = environ.get(ENV_SWITCH)
     if switched_on(value):
         assert value is not None
-        raise Stop(
-            RolloutVerdict.HALTED,
-            f"{ENV_SWITCH} is {switch_words(value)}: deploying is disabled, nothing was deployed",
-        )
+        message = f"{ENV_SWITCH} is {switch_words(value)}: deploying is disabled, nothing was deployed"
+        raise Stop(End(RolloutVerdict.HALTED, message))
 
 
 @dataclass
@@ -59,26 +68,24 @@ class Gate:
         try:
             value = self.forge.variable(self.where, name)
         except ForgeError as exc:
-            raise Stop(
-                RolloutVerdict.HALTED,
+            message = (
                 f"halted before {what}: could not read the kill switch variable {name} ({exc}); the api-token "
-                "needs permission to read Actions variables (on GitHub, a token other than github.token)",
-            ) from None
+                "needs permission to read Actions variables (on GitHub, a token other than github.token)"
+            )
+            raise Stop(End(RolloutVerdict.HALTED, message)) from None
         if switched_on(value):
             assert value is not None
-            raise Stop(
-                RolloutVerdict.HALTED, f"halted before {what}: the kill switch variable {name} is {switch_words(value)}"
-            )
+            message = f"halted before {what}: the kill switch variable {name} is {switch_words(value)}"
+            raise Stop(End(RolloutVerdict.HALTED, message))
 
     def _check_head(self) -> None:
         head = read_head(self.forge, self.where, self.expected_sha, "superseded-check")
         if head and self.expected_sha and not same_commit(head, self.expected_sha):
-            raise Stop(
-                RolloutVerdict.SUPERSEDED,
+            message = (
                 f"superseded: {self.where.branch} now points at {head[:12]}, not {self.expected_sha[:12]}; "
-                "this run deployed nothing and stands down, the run for the newer commit deploys",
-                superseded=head,
+                "this run deployed nothing and stands down, the run for the newer commit deploys"
             )
+            raise Stop(End(RolloutVerdict.SUPERSEDED, message, superseded=head))
 
 
 def gate_for(settings: Settings, api_token: str, environ: Mapping[str, str]) -> Gate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -14,7 +14,7 @@ from fleet import contract, inputs
 from fleet.contract import ContractError, show
 from fleet.markdown import MORE, SHOWN
 from fleet.tenant import REQUEST_SECONDS, TenantAccess
-from fleet.vocabulary import counted, listed
+from fleet.vocabulary import Mode, counted, listed
 from verify.settings import settings_from as verify_settings
 
 BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
@@ -132,15 +132,60 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
     )
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of the schedule: its place (`number` of `of`) and its tenants, in fleet order."""
+
+    number: int
+    of: int
+    slugs: list[str]
+
+    @property
+    def step(self) -> str:
+        """The rollout's own name for this call, as the log and the report's `phase` say it."""
+        return f"batch {self.number}/{self.of}"
+
+    @property
+    def call(self) -> str:
+        return f"the batch {self.number} call"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The batches after the canary, in order: the plan cuts them, the drive walks them."""
+
+    cuts: tuple[tuple[str, ...], ...]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for number, cut in enumerate(self.cuts, start=1):
+            yield Batch(number, len(self.cuts), list(cut))
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def left_after(self, batch: Batch) -> int:
+        """How many tenants the batches after `batch` hold: they stay on their old build if it halts."""
+        return sum(len(cut) for cut in self.cuts[batch.number :])
+
+
+def cut(tenants: list[str], size: int) -> Schedule:
+    """Batches of `size` tenants, the last one shorter."""
+    return Schedule(tuple(tuple(tenants[i : i + size]) for i in range(0, len(tenants), size)))
+
+
 @dataclass
 class Plan:
-    mode: str
+    mode: Mode
     scope: list[str]  # every tenant this rollout covers, canary included, in fleet order
     canary: str  # "" when there is none, or it is outside the scope
-    batches: list[list[str]]
+    schedule: Schedule
     budget: int
     fleet_size: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def batches(self) -> list[list[str]]:
+        return [list(c) for c in self.schedule.cuts]
 
 
 def make_plan(settings: Settings, fleet: list[str]) -> Plan:
@@ -153,10 +198,9 @@ def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     if canary and canary not in scope:
         notes.append(f"canary {canary} is outside the scope (slugs) and is not redeployed")
         canary = ""
-    rest = [s for s in scope if s != canary]
-    size = settings.batch_size
-    batches = [rest[i : i + size] for i in range(0, len(rest), size)]
-    return Plan(settings.mode, scope, canary, batches, settings.budget.resolve(len(scope)), len(fleet), notes)
+    schedule = cut([s for s in scope if s != canary], settings.batch_size)
+    mode = Mode(settings.mode)
+    return Plan(mode, scope, canary, schedule, settings.budget.resolve(len(scope)), len(fleet), notes)
 
 
 RUN_MARGIN_SECONDS = 60.0
@@ -247,13 +291,13 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
 def plan_lines(settings: Settings, plan: Plan) -> list[str]:
     """The calls the plan makes, in order, one line each: which tenants go in which call. Past SHOWN calls
     or SHOWN tenants in one call the rest is counted, not named: the report's plan holds every batch."""
-    if settings.mode == "fleet":
+    if plan.mode == Mode.FLEET:
         canary = f"canary {plan.canary}, then " if plan.canary else ""
         return [f"call 1 (fleet, the control plane drives): {canary}{counted(len(plan.scope), 'tenant')} in batches of "
                 f"{settings.batch_size}: {listed(plan.scope, SHOWN, MORE)}"]  # fmt: skip
     lines = [f"call 1 (canary): {plan.canary}"] if plan.canary else []
-    for number, batch in enumerate(plan.batches[:SHOWN], start=1):
-        lines.append(f"call {len(lines) + 1} (batch {number}): {listed(batch, SHOWN, MORE)}")
-    if len(plan.batches) > SHOWN:
-        lines.append(f"… and {counted(len(plan.batches) - SHOWN, 'more call')}, see the report")
+    for batch in list(plan.schedule)[:SHOWN]:
+        lines.append(f"call {len(lines) + 1} (batch {batch.number}): {listed(batch.slugs, SHOWN, MORE)}")
+    if len(plan.schedule) > SHOWN:
+        lines.append(f"… and {counted(len(plan.schedule) - SHOWN, 'more call')}, see the report")
     return lines

@@ -8,11 +8,12 @@ import shlex
 from fleet import markdown
 from fleet.inputs import INPUTS, value_of
 from fleet.runner import md
+from fleet.verdict import RunVerdict
 from fleet.vocabulary import Outcome, RolloutVerdict
 from rollout.drive import Result
 from rollout.plan import Plan, Settings, plan_lines
 
-ICONS = {
+ICONS: dict[str, str] = {
     RolloutVerdict.SHIPPED: "✅",
     RolloutVerdict.SHIPPED_WITH_QUARANTINE: "⚠️",
     RolloutVerdict.PLANNED: "📝",
@@ -36,68 +37,76 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
     return "CP_TOKEN=... " + shlex.join(args)
 
 
-def render(
-    verdict: RolloutVerdict, message: str, settings: Settings | None, plan: Plan | None, result: Result | None
-) -> str:
-    icon = ICONS.get(verdict, "❌")
-    parts = [f"## {icon} Fleet rollout: {verdict}", "", md(markdown.clip(message, markdown.MAX_MESSAGE)), ""]
+def render(run: RunVerdict, settings: Settings | None, plan: Plan | None, result: Result | None) -> str:
+    icon = ICONS.get(run.verdict, "❌")
+    parts = [f"## {icon} Fleet rollout: {run.verdict}", "", md(markdown.clip(run.message, markdown.MAX_MESSAGE)), ""]
     if plan is None or result is None or settings is None:
         return "\n".join(parts)
-    tenants = list(result.tenants.values())
+    parts += _counts(run.ok, settings, plan, result)
+    if settings.dry_run:
+        parts += ["### The plan", ""] + [f"1. {md(line)}" for line in plan_lines(settings, plan)] + [""]
+    parts += _stragglers(run.ok, settings, result)
+    parts += _outside(result.outside)
+    parts += [f"> {md(line)}" for line in result.notes]
+    parts += ["", _tenants(result)]
+    return "\n".join(parts)
+
+
+def _counts(ok: bool, settings: Settings, plan: Plan, result: Result) -> list[str]:
     budget = settings.budget
     rows: list[tuple[str, object]] = [
         ("Tenants in scope", len(plan.scope)),
         ("Redeployed", result.count(Outcome.REDEPLOYED)),
-        ("Quarantined stragglers" if result.ok else "Stragglers", len(result.stragglers())),
+        ("Quarantined stragglers" if ok else "Stragglers", len(result.stragglers())),
         ("Not attempted (old build)", result.count(Outcome.NOT_ATTEMPTED)),
         ("Outcome unknown", result.count(Outcome.UNKNOWN)),
         ("Straggler budget", f"{plan.budget} (from {budget.source} {md(budget.text)})"),
     ]
     if settings.dry_run:
         rows.insert(1, ("In the dry run's plan", result.count(Outcome.DRY_RUN)))
-    parts += [markdown.table(("", "count"), rows), ""]
-    if settings.dry_run:
-        parts += ["### The plan", ""] + [f"1. {md(line)}" for line in plan_lines(settings, plan)] + [""]
-    stragglers = [t for t in tenants if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
-    if stragglers:
-        title = "Quarantined: recover individually" if result.ok else "Stragglers"
-        parts += [f"### {title}", ""]
-        parts += [
-            f"- `{o.slug}`{f' ({o.step})' if o.step else ''}: {md(markdown.clip(o.reason or ''))}"
-            for o in stragglers[: markdown.SHOWN]
-        ]
-        if len(stragglers) > markdown.SHOWN:
-            parts.append("- " + markdown.MORE.format(count=len(stragglers) - markdown.SHOWN).strip())
-        parts += [
-            "",
-            "Once fixed, redeploy just these strictly and verify them (where the action is installed: "
-            "`pip install` of its repository), or run the recovery workflow with `slugs:` set to them:",
-            "",
-        ]
-        if len(stragglers) <= markdown.SHOWN:
-            parts += ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
-        else:  # a command naming thousands of tenants is one line too long for a summary
-            parts += [f"The command for all {len(stragglers)} is in the report, under `recovery`.", ""]
-    if result.outside:
-        parts += ["### Touched outside the call's scope", ""]
-        parts += [
-            "The control plane answered for these tenants although no call's `only_slugs` named them: "
-            "it may have redeployed them. Check them before anything else.",
-            "",
-            markdown.code_list(result.outside),
-            "",
-        ]
-    for line in result.notes:
-        parts.append(f"> {md(line)}")
-    # The action's own step (`batch 2/3`, as the log says), not the control plane's label for its row.
-    clip = markdown.clip
-    tenant_rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(clip(t.reason or ""))) for t in tenants]
+    return [markdown.table(("", "count"), rows), ""]
+
+
+def _stragglers(ok: bool, settings: Settings, result: Result) -> list[str]:
+    """The stragglers with their reasons, and the command that redeploys just them."""
+    stragglers = [t for t in result.tenants.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
+    if not stragglers:
+        return []
+    parts = [f"### {'Quarantined: recover individually' if ok else 'Stragglers'}", ""]
+    parts += [
+        f"- `{o.slug}`{f' ({o.step})' if o.step else ''}: {md(markdown.clip(o.reason or ''))}"
+        for o in stragglers[: markdown.SHOWN]
+    ]
+    if len(stragglers) > markdown.SHOWN:
+        parts.append("- " + markdown.MORE.format(count=len(stragglers) - markdown.SHOWN).strip())
     parts += [
         "",
-        markdown.fold(
-            f"Tenants ({len(tenant_rows)})",
-            markdown.table(("tenant", "step", "outcome", "reason"), tenant_rows),
-            len(tenant_rows),
-        ),
+        "Once fixed, redeploy just these strictly and verify them (where the action is installed: "
+        "`pip install` of its repository), or run the recovery workflow with `slugs:` set to them:",
+        "",
     ]
-    return "\n".join(parts)
+    if len(stragglers) > markdown.SHOWN:  # a command naming thousands of tenants is one line too long for a summary
+        return parts + [f"The command for all {len(stragglers)} is in the report, under `recovery`.", ""]
+    return parts + ["```sh", recovery_command(settings, [o.slug for o in stragglers]), "```", ""]
+
+
+def _outside(outside: list[str]) -> list[str]:
+    if not outside:
+        return []
+    return [
+        "### Touched outside the call's scope",
+        "",
+        "The control plane answered for these tenants although no call's `only_slugs` named them: "
+        "it may have redeployed them. Check them before anything else.",
+        "",
+        markdown.code_list(outside),
+        "",
+    ]
+
+
+def _tenants(result: Result) -> str:
+    # The action's own step (`batch 2/3`, as the log says), not the control plane's label for its row.
+    clip = markdown.clip
+    rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(clip(t.reason or ""))) for t in result.tenants.values()]
+    table = markdown.table(("tenant", "step", "outcome", "reason"), rows)
+    return markdown.fold(f"Tenants ({len(rows)})", table, len(rows))

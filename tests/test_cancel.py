@@ -255,7 +255,7 @@ def test_cancelled_during_a_batch_the_rollout_names_the_unknown_tenants_and_keep
         "cobalt": ("not-attempted", "not attempted: the job was cancelled"),
         "dune": ("not-attempted", "not attempted: the job was cancelled"),
     }
-    assert run.outputs["ok"] == "false" and run.outputs["verify"] == "false"
+    assert run.outputs["ok"] == "false" and run.outputs["verify"] == "none"
 
     # The verify step is skipped (`!cancelled()`); the last step runs (`if: always()`).
     job.context["steps.verify.outcome"] = "skipped"
@@ -299,7 +299,7 @@ def test_cancelled_during_verify_the_step_keeps_its_partial_verdicts_report_summ
     server = verify_fleet(fleet)
     job = Job(tmp_path, **inputs_for(server, concurrency="1"))
     rolled = job.run("rollout")
-    assert rolled.code == 0 and rolled.outputs["verify"] == "true", rolled.log
+    assert rolled.code == 0 and rolled.outputs["verify"] == "check", rolled.log
     proc, output = job.start("verify")
     wait_or_stop(proc, polling_birch_again(server), "birch's second poll")
     run = job.cancel("verify", proc, output)
@@ -378,7 +378,7 @@ def test_cancelled_during_the_recovery_commands_redeploy_its_verify_never_starts
     assert report["rollout"]["verdict"] == "cancelled" and "verify" not in report
     assert {t["slug"]: t["outcome"] for t in report["tenants"]} == {"acme": "unknown", "birch": "unknown"}
     assert not server.received("GET")  # no tenant was polled: not even a survey
-    assert (run.outputs["ok"], run.outputs["verify"]) == ("false", "false")
+    assert (run.outputs["ok"], run.outputs["verify"]) == ("false", "none")
     assert "## ❌ Fleet rollout: cancelled" in summary and "Fleet verify" not in summary and "survey" not in summary
 
 

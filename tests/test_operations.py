@@ -93,7 +93,7 @@ def test_a_run_whose_branch_moved_on_stands_down_before_the_first_real_call(star
     assert run.code == 0 and run.outputs["ok"] == "true"
     assert run.outputs["superseded"] == NEWER
     assert bodies(sb) == []  # zero real redeploy calls
-    assert run.report["rollout"]["verdict"] == "superseded" and run.outputs["verify"] == "false"
+    assert run.report["rollout"]["verdict"] == "superseded" and run.outputs["verify"] == "none"
     assert f"now points at {NEWER[:12]}" in run.summary and NEWER[:12] in run.log
     assert run.errors() == [] and all(serving(sb, s) != SHA for s in EIGHT)
     assert sb.forge_calls[0]["path"].endswith("/repos/acme/platform/branches/main")
@@ -316,7 +316,7 @@ def test_a_systemic_halt_is_surveyed_every_tenants_build_reported_and_the_step_s
 def test_a_rollout_that_failed_before_touching_the_fleet_is_not_surveyed(start, rollout):
     sb = start("ignores-scope")
     run = rollout(sb, "--tenant-url-template", sb.tenant_url_template, "--verify", "true")
-    assert run.code == 1 and run.outputs["verify"] == "false" and "verify" not in run.report
+    assert run.code == 1 and run.outputs["verify"] == "none" and "verify" not in run.report
 
 
 def test_a_head_too_short_to_name_a_commit_is_unreadable_not_a_newer_run(start, rollout):

@@ -43,7 +43,7 @@ def test_clean_rollout_ships_everywhere_and_reports_no_stragglers(start, rollout
     assert run.outputs["stragglers"] == "[]"
     assert run.outputs["ok"] == "true"
     assert run.outputs["quarantined-count"] == "0"
-    assert run.outputs["report-path"] == str(tmp_path / "report.json") and run.outputs["verify"] == "false"
+    assert run.outputs["report-path"] == str(tmp_path / "report.json") and run.outputs["verify"] == "none"
     assert run.report["rollout"]["verdict"] == "shipped"
     assert all(t["outcome"] == "redeployed" for t in run.report["tenants"])
     assert all(serving(sb, s) == SHA for s in EIGHT)
@@ -386,10 +386,10 @@ def test_a_token_that_breaks_over_lines_is_refused_and_the_report_stays_valid_js
 @pytest.mark.parametrize(
     ("flags", "verify"),
     [
-        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA], "true"),
-        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA, "--dry-run", "true"], "false"),
-        ([], "false"),
-        (["--tenant-url-template", " "], "false"),
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA], "check"),
+        (["--tenant-url-template", "http://127.0.0.1:9/t/{slug}", "--expected-sha", SHA, "--dry-run", "true"], "none"),
+        ([], "none"),
+        (["--tenant-url-template", " "], "none"),
     ],
 )
 def test_the_rollout_says_whether_verify_follows(start, rollout, flags, verify):

@@ -139,7 +139,13 @@ def test_verify_refuses_a_report_whose_rollout_failed(start, verify, tmp_path):
     sb = start(deployed("acme"))
     path = tmp_path / "failed.json"
     path.write_text(
-        json.dumps({"schema_version": 1, "ok": False, "rollout": {"ok": False, "verdict": "systemic", "message": "x"}})
+        json.dumps(
+            {
+                "schema_version": 1,
+                "ok": False,
+                "rollout": {"ok": False, "verdict": "systemic", "message": "x", "follow": "none"},
+            }
+        )
     )
     run = verify(sb, report=str(path))
     assert run.code == 2 and "did not ship" in run.report["verify"]["message"]
@@ -162,6 +168,7 @@ def test_summary_escapes_untrusted_reasons():
         "birch": verdict.Seen(State.VERIFIED, None, SHA),
     }
     text = verify_summary.render(False, "1 failed", seen, verdict.counts(seen))
+    assert "| tenant | state | reason |" in text  # the column shows each tenant's state
     row = next(line for line in text.splitlines() if line.startswith("| `acme`"))
     assert row.count(" | ") == 2  # the reason did not add cells
     assert "<img" not in text and "&lt;img src=x&gt;" in row
@@ -209,7 +216,11 @@ def test_an_answer_that_cannot_be_judged_costs_no_worker(start, verify, monkeypa
 def test_standalone_verify_never_reads_a_leftover_default_report(start, tmp_path, capsys, monkeypatch):
     sb = start(deployed("acme", "birch"))
     monkeypatch.chdir(tmp_path)
-    leftover = {"schema_version": 1, "ok": False, "rollout": {"ok": False, "verdict": "systemic", "message": "x"}}
+    leftover = {
+        "schema_version": 1,
+        "ok": False,
+        "rollout": {"ok": False, "verdict": "systemic", "message": "x", "follow": "none"},
+    }
     (tmp_path / "fleet-rollout-report.json").write_text(json.dumps(leftover))
     argv = [
         "--slugs", "acme,birch", "--tenant-url-template", sb.tenant_url_template, "--expected-sha", SHA,

@@ -1,6 +1,7 @@
 """`python -m verify`: the verify step, after a rollout (its report) or on its own: the tenants from a
 redeploy-fleet answer (--response) or from --slugs, the quarantine from the answer's stragglers or from
---stragglers. Verify never calls the control plane."""
+--stragglers. Verify never calls the control plane. Its work returns what it saw (Checked); the run's
+verdict, from the rollout's in the report and verify's own, is fleet.verdict's."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet import inputs, runner, step
 from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
-from fleet.vocabulary import State, counted
+from fleet.verdict import RolloutEnd, RunVerdict, VerifyEnd, run_verdict
+from fleet.vocabulary import RolloutVerdict, State, VerifyMode, VerifyVerdict, counted
 from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
@@ -21,9 +24,36 @@ from verify.verdict import Seen
 NAMES = inputs.flags(inputs.VERIFY)
 
 VERIFY_REPORT = "fleet-verify-report.json"  # without --report: never the rollout's default file
+CANCELLED = Seen(State.UNREACHABLE, "not verified before the job was cancelled")
 
 
-class Verify(step.Step):
+@dataclass(frozen=True)
+class Checked:
+    """What verify did, as far as it got: where its report goes, the rollout's report it read, its
+    settings and scope, the quarantined tenants' verdicts, the poll (whose verdicts its workers fill in
+    as they go) and, once it is over, every tenant's verdict."""
+
+    write_to: str
+    doc: dict[str, Any] | None = None
+    settings: Settings | None = None
+    scope: Scope = field(default_factory=lambda: Scope([], [], ""))
+    held: dict[str, Seen] = field(default_factory=dict)
+    polled: poll.Fleet | None = None
+    seen: dict[str, Seen] | None = None
+
+    def verdicts(self, cancelled: bool) -> dict[str, Seen]:
+        """Each tenant's verdict: the final ones, or, when the poll stopped short, what it saw so far
+        (after a cancelled job, a tenant it never judged is unreachable)."""
+        if self.seen is not None:
+            return self.seen
+        if self.polled is None:
+            return dict(self.held)
+        seen = {s: self.polled.seen.get(s) or self.held.get(s) or (CANCELLED if cancelled else None)
+                for s in self.scope.tenants}  # fmt: skip
+        return {slug: s for slug, s in seen.items() if s is not None}
+
+
+class Verify(step.Step[Checked]):
     usage = inputs.Usage(
         prog="python -m verify",
         description="Verify the fleet: every tenant that was not quarantined must answer its health path with "
@@ -39,122 +69,158 @@ class Verify(step.Step):
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.doc: dict[str, Any] | None = None
-        self.write_to = ""
-        self.settings: Settings | None = None
-        self.scope = Scope([], [], "")
-        self.polled: poll.Fleet | None = None
-        self.seen: dict[str, Seen] = {}
 
-    def work(self, given: StepInputs) -> None:
+    def work(self, given: StepInputs) -> Checked:
         values = given.values
-        self.write_to = values["report"] or VERIFY_REPORT
-        if values["report"]:
-            self.write_to = values["report"] + ".verify.json"  # a report that cannot be read is kept as it is
-            self.doc = read_report(values["report"], elsewhere=bool(values["slugs"] or values["response"]))
-            self.write_to = values["report"]
-        settings = self.settings = settings_from(values)
-        forge = Forge(settings.api_url, given.api_token, allow_http=settings.tenants.allow_http,
-                          ca_bundle=settings.tenants.ca_bundle)  # fmt: skip
-        where = Where.from_environment(os.environ)
+        # A report that cannot be read is kept as it is: verify writes beside it.
+        checked = Checked(values["report"] + ".verify.json" if values["report"] else VERIFY_REPORT)
+        try:
+            if values["report"]:
+                doc = read_report(values["report"], elsewhere=bool(values["slugs"] or values["response"]))
+                checked = replace(checked, doc=doc, write_to=values["report"])
+            settings = settings_from(values)
+            checked = replace(checked, settings=settings)
+            scope = scope_from(values, checked.doc)
+            quarantined = set(scope.quarantined)
+            held = {slug: verdict.quarantined() for slug in scope.tenants if slug in quarantined}
+            targets = [s for s in scope.tenants if s not in held]  # exact, whole-string: `reno` is not `reno-stars`
+            _announce(scope, settings, targets)
+            fleet = poll.Fleet(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
+            checked = replace(checked, scope=scope, held=held, polled=fleet)
+            return replace(checked, seen=_poll(given, settings, scope, fleet, held))
+        except (Exception, runner.Terminated) as exc:  # noqa: BLE001 - what was learned goes with the cause
+            raise step.Partial(checked, exc) from None
 
-        def heads() -> str | None:
-            if not settings.superseded_check:
-                return None
-            return read_head(forge, where, settings.expected_sha, "superseded-check")
-
-        scope = self.scope = scope_from(values, self.doc)
-        held = set(scope.quarantined)  # exact, whole-string match: `reno` is not `reno-stars`
-        targets = [s for s in scope.tenants if s not in held]
-        if scope.survey:
-            runner.log(
-                f"survey after a failed rollout ({runner.plain(scope.survey)}): reading the build of "
-                f"{counted(len(targets), 'tenant')} in its scope; this step stays failed"
-            )
-        else:
-            runner.log(
-                f"verify: {counted(len(targets), 'tenant')} from {scope.source} must serve {settings.expected_sha}; "
-                f"{len(held & set(scope.tenants))} quarantined; deadline {settings.timeout:g} s, "
-                f"poll every {settings.interval:g} s"
-            )
-        for slug in scope.quarantined:
-            runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
-        self.seen = {slug: verdict.quarantined() for slug in scope.tenants if slug in held}
-        self.polled = poll.Fleet(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
-        head = heads()
-        poll.poll(
-            settings.tenants.client(settings.concurrency), self.polled, settings.expected_sha, head,
-            timeout=settings.timeout, interval=settings.interval, concurrency=settings.concurrency,
-            progress=_progress,
-        )  # fmt: skip
-        self.seen = {slug: self.polled.seen.get(slug) or self.seen[slug] for slug in scope.tenants}
-        if any(s.state == State.STALE for s in self.seen.values()):
-            self.seen = _ahead(self.seen, settings.expected_sha, head, heads)
-
-    def stopped(self, signal: runner.Terminated) -> str:
-        if self.polled is not None:
-            stopped = Seen(State.UNREACHABLE, "not verified before the job was cancelled")
-            self.seen = {s: self.polled.seen.get(s) or self.seen.get(s) or stopped for s in self.scope.tenants}
+    def stopped(self, signal: runner.Terminated, so_far: Checked | None) -> str:
         return f"{signal} before the deadline; verdicts are partial"
 
-    def end(self, given: StepInputs, failure: step.Failure | None) -> step.Ending:
-        seen, scope = self.seen, self.scope
+    def end(self, given: StepInputs, outcome: Checked | None, failure: step.Failure | None) -> step.Ending:
+        checked = outcome or Checked(given.values["report"] or VERIFY_REPORT)
+        scope = checked.scope
+        seen = checked.verdicts(cancelled=failure is not None and failure.cancelled)
         # None when it never polled, or broke off part-way for another reason than a cancelled job (whose
         # partial verdicts are kept): counts would claim tenants it never judged.
         broke = failure is not None and not failure.cancelled
-        counts = verdict.counts(seen) if self.polled is not None and not broke else None
+        counts = verdict.counts(seen) if checked.polled is not None and not broke else None
         steps = {slug: verdict.next_step(s, scope.outcomes.get(slug)) for slug, s in seen.items()}
-        if failure is not None:
-            decided = verdict.Verdict(False, failure.message)
-        else:
-            assert self.settings is not None
-            expected = self.settings.expected_sha
-            decided = verdict.decide(seen, expected, source=scope.source, survey=scope.survey, outcomes=scope.outcomes)
-        ok, message = decided.ok, decided.message
-        doc = self._report(ok, message, counts, steps)
-        section = doc["verify"]
+        decided = _decide(checked, seen, failure)
+        ended = VerifyEnd(_verify_verdict(decided.ok, scope), decided.message)
+        run = run_verdict(_rollout_end(checked.doc), ended)
+        doc = _report(checked, seen, ended, run, counts, steps, round(time.monotonic() - self.started, 3))
         return step.Ending(
-            ok=ok,
-            message=f"verify: {message}",
+            ok=decided.ok,
+            message=f"verify: {decided.message}",
             # A survey after the rollout's step fails this one too, but that step's ::error:: named the failure.
             error=not scope.announced,
-            report_path=self.write_to or given.values["report"] or VERIFY_REPORT,
+            report_path=checked.write_to,
             report=doc,
             outputs={
-                "ok": "true" if doc["ok"] else "false",  # the whole run's: the rollout's and verify's
-                "verified-count": str(section["counts"]["verified"]) if counts else "",
-                "failed-count": str(section["counts"]["failed"]) if counts else "",
+                "ok": "true" if run.ok else "false",  # the whole run's: the rollout's and verify's
+                "verified-count": str(counts["verified"]) if counts else "",
+                "failed-count": str(counts["failed"]) if counts else "",
             },
-            summary=summary.render(ok, message, seen, counts, steps, survey=scope.survey, caution=decided.caution),
+            summary=summary.render(
+                decided.ok, decided.message, seen, counts, steps, survey=scope.survey, caution=decided.caution
+            ),  # fmt: skip
             warnings=[decided.caution] if decided.caution else [],
         )
 
-    def _report(
-        self, ok: bool, message: str, counts: dict[str, int] | None, steps: dict[str, str | None]
-    ) -> dict[str, Any]:
-        doc: dict[str, Any] = self.doc if self.doc is not None else {"schema_version": 1, "ok": True}
-        tenants = []
-        for slug, s in self.seen.items():
-            record = s.record(slug) | {"next_step": steps.get(slug)}
-            if self.scope.survey:
-                record["rollout_outcome"] = self.scope.outcomes.get(slug)
-            tenants.append(record)
-        doc["verify"] = {
-            "ok": ok,
-            "verdict": "survey" if self.scope.survey else ("passed" if ok else "failed"),
-            "mode": "survey" if self.scope.survey else "verify",
-            "message": message,
-            "expected_sha": self.settings.expected_sha if self.settings else "",
-            "counts": counts or verdict.counts({}),
-            "tenants": tenants,
-            "elapsed_seconds": round(time.monotonic() - self.started, 3),
-        }
-        # The run's verdict, decided here once: the rollout's (when there is one) and verify's.
-        rollout = doc.get("rollout") if self.doc is not None else None
-        rollout_ok = bool(rollout.get("ok")) if isinstance(rollout, dict) else True
-        doc["ok"] = rollout_ok and ok
-        doc["message"] = rollout["message"] if ok and isinstance(rollout, dict) else message
-        return doc
+
+def _announce(scope: Scope, settings: Settings, targets: list[str]) -> None:
+    if scope.survey:
+        runner.log(
+            f"survey after a failed rollout ({runner.plain(scope.survey)}): reading the build of "
+            f"{counted(len(targets), 'tenant')} in its scope; this step stays failed"
+        )
+    else:
+        held = len(set(scope.quarantined) & set(scope.tenants))
+        runner.log(
+            f"verify: {counted(len(targets), 'tenant')} from {scope.source} must serve {settings.expected_sha}; "
+            f"{held} quarantined; deadline {settings.timeout:g} s, poll every {settings.interval:g} s"
+        )
+    for slug in scope.quarantined:
+        runner.warning(f"tenant {slug} quarantined: not verified, needs individual recovery")
+
+
+def _poll(
+    given: StepInputs, settings: Settings, scope: Scope, fleet: poll.Fleet, held: dict[str, Seen]
+) -> dict[str, Seen]:
+    """Poll the tenants to their verdicts; the stale ones are judged again against the branch's head as
+    it is by then."""
+    tenants = settings.tenants
+    forge = Forge(settings.api_url, given.api_token, allow_http=tenants.allow_http, ca_bundle=tenants.ca_bundle)
+    where = Where.from_environment(os.environ)
+
+    def heads() -> str | None:
+        if not settings.superseded_check:
+            return None
+        return read_head(forge, where, settings.expected_sha, "superseded-check")
+
+    head = heads()
+    poll.poll(
+        tenants.client(settings.concurrency), fleet, settings.expected_sha, head,
+        timeout=settings.timeout, interval=settings.interval, concurrency=settings.concurrency, progress=_progress,
+    )  # fmt: skip
+    seen = {slug: fleet.seen.get(slug) or held[slug] for slug in scope.tenants}
+    if any(s.state == State.STALE for s in seen.values()):
+        seen = _ahead(seen, settings.expected_sha, head, heads)
+    return seen
+
+
+def _decide(checked: Checked, seen: dict[str, Seen], failure: step.Failure | None) -> verdict.Verdict:
+    if failure is not None:
+        return verdict.Verdict(False, failure.message)
+    assert checked.settings is not None
+    scope = checked.scope
+    expected = checked.settings.expected_sha
+    return verdict.decide(seen, expected, source=scope.source, survey=scope.survey, outcomes=scope.outcomes)
+
+
+def _verify_verdict(ok: bool, scope: Scope) -> VerifyVerdict:
+    if scope.survey:
+        return VerifyVerdict.SURVEY
+    return VerifyVerdict.PASSED if ok else VerifyVerdict.FAILED
+
+
+def _rollout_end(doc: dict[str, Any] | None) -> RolloutEnd | None:
+    """How the rollout in the report ended, as it wrote it; None when verify runs on its own."""
+    rollout = doc.get("rollout") if doc is not None else None
+    if not isinstance(rollout, dict):
+        return None
+    return RolloutEnd(RolloutVerdict(rollout["verdict"]), rollout["message"], bool(rollout.get("touched")))
+
+
+def _report(
+    checked: Checked,
+    seen: dict[str, Seen],
+    ended: VerifyEnd,
+    run: RunVerdict,
+    counts: dict[str, int] | None,
+    steps: dict[str, str | None],
+    elapsed: float,
+) -> dict[str, Any]:
+    """The rollout's report (or a new one) with verify's part, and the run's verdict at the top."""
+    scope = checked.scope
+    top = {"ok": run.ok, "verdict": run.verdict, "message": run.message}
+    doc: dict[str, Any] = checked.doc if checked.doc is not None else {"schema_version": 1} | top
+    tenants = []
+    for slug, s in seen.items():
+        record = s.record(slug) | {"next_step": steps.get(slug)}
+        if scope.survey:
+            record["rollout_outcome"] = scope.outcomes.get(slug)
+        tenants.append(record)
+    doc["verify"] = {
+        "ok": ended.verdict == VerifyVerdict.PASSED,
+        "verdict": ended.verdict,
+        "mode": VerifyMode.SURVEY if scope.survey else VerifyMode.VERIFY,
+        "message": ended.message,
+        "expected_sha": checked.settings.expected_sha if checked.settings else "",
+        "counts": counts or verdict.counts({}),
+        "tenants": tenants,
+        "elapsed_seconds": elapsed,
+    }
+    doc |= top
+    return doc
 
 
 def _ahead(seen: dict[str, Seen], expected: str, head: str | None, heads: Callable[[], str | None]) -> dict[str, Seen]:

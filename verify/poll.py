@@ -51,66 +51,99 @@ def poll(
     latest verdict in `fleet.seen` as it goes (so a caller stopped part-way still has them). A tenant
     that never answered before the deadline is unreachable."""
     start = time.monotonic()
-    deadline = start + timeout
-    slugs = fleet.slugs
-    urls = {slug: tenants.base(slug) for slug in slugs}  # every URL is checked before the first request
-    due = [(start, i, slug) for i, slug in enumerate(slugs)]
-    heapq.heapify(due)
-    lock = threading.Condition()
-    done = threading.Event()
-    open_count = [len(slugs)]
-
-    def work() -> None:
-        _leave_signals_to_the_main_thread()
-        companion = _Companion()
-        while not done.is_set():
-            with lock:
-                while due and due[0][0] > time.monotonic() and not done.is_set():
-                    lock.wait(timeout=min(due[0][0] - time.monotonic(), 0.5))
-                if not due or done.is_set():
-                    return
-                _, order, slug = heapq.heappop(due)
-            began = time.monotonic()
-            try:
-                seen = _look(tenants, urls[slug], expected_sha, head, deadline, companion)
-            except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
-                seen = Seen(State.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
-            with lock:
-                if done.is_set():
-                    return  # the poll is over: a late answer changes nothing
-                if time.monotonic() <= deadline or slug not in fleet.seen:
-                    fleet.seen[slug] = seen
-                fleet.polls += 1
-                if seen.state in fleet.done:
-                    open_count[0] -= 1
-                    if open_count[0] == 0:
-                        done.set()
-                        lock.notify_all()
-                else:
-                    heapq.heappush(due, (began + interval * random.uniform(1 - JITTER, 1), order, slug))
-                    lock.notify()
-
-    workers = [threading.Thread(target=work, daemon=True, name=f"poll-{i}") for i in range(max(1, concurrency))]
-    for worker in workers[: max(1, min(concurrency, len(slugs)))]:
+    round_ = _Round(tenants, fleet, expected_sha, head, start + timeout, interval)
+    workers = [threading.Thread(target=round_.work, daemon=True, name=f"poll-{i}") for i in range(max(1, concurrency))]
+    for worker in workers[: max(1, min(concurrency, len(fleet.slugs)))]:
         worker.start()
     try:
-        next_progress = start + PROGRESS_EVERY
-        while slugs and not done.is_set():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            done.wait(timeout=min(deadline, next_progress) - now)
-            if time.monotonic() >= next_progress and not done.is_set():
-                with lock:
-                    progress(fleet, max(0.0, deadline - time.monotonic()))
-                next_progress += PROGRESS_EVERY
+        round_.watch(start, progress)
     finally:
-        with lock:
-            done.set()
-            lock.notify_all()
-    for slug in slugs:
+        round_.end()
+    for slug in fleet.slugs:
         fleet.seen.setdefault(slug, Seen(State.UNREACHABLE, "no answer before the deadline"))
     return fleet
+
+
+class _Round:
+    """One poll of the fleet: a queue of tenants ordered by when each is next due, shared by the workers
+    under one lock, until every tenant is done or the deadline passes."""
+
+    def __init__(
+        self, tenants: Tenants, fleet: Fleet, expected_sha: str, head: str | None, deadline: float, interval: float
+    ) -> None:
+        self.tenants, self.fleet, self.expected_sha, self.head = tenants, fleet, expected_sha, head
+        self.deadline, self.interval = deadline, interval
+        self.urls = {slug: tenants.base(slug) for slug in fleet.slugs}  # every URL is checked before the first request
+        start = time.monotonic()
+        self.due = [(start, i, slug) for i, slug in enumerate(fleet.slugs)]
+        heapq.heapify(self.due)
+        self.lock = threading.Condition()
+        self.done = threading.Event()
+        self.open = len(fleet.slugs)
+
+    def work(self) -> None:
+        _leave_signals_to_the_main_thread()
+        companion = _Companion()
+        while not self.done.is_set():
+            taken = self.take()
+            if taken is None:
+                return
+            order, slug = taken
+            began = time.monotonic()
+            try:
+                seen = _look(self.tenants, self.urls[slug], self.expected_sha, self.head, self.deadline, companion)
+            except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
+                seen = Seen(State.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
+            if not self.record(slug, order, seen, began):
+                return
+
+    def take(self) -> tuple[int, str] | None:
+        """The next tenant due, once it is due; None when the poll is over."""
+        with self.lock:
+            while self.due and self.due[0][0] > time.monotonic() and not self.done.is_set():
+                self.lock.wait(timeout=min(self.due[0][0] - time.monotonic(), 0.5))
+            if not self.due or self.done.is_set():
+                return None
+            _, order, slug = heapq.heappop(self.due)
+            return order, slug
+
+    def record(self, slug: str, order: int, seen: Seen, began: float) -> bool:
+        """Keep a tenant's verdict and queue it again unless it is done; False when the poll is over."""
+        fleet = self.fleet
+        with self.lock:
+            if self.done.is_set():
+                return False  # the poll is over: a late answer changes nothing
+            if time.monotonic() <= self.deadline or slug not in fleet.seen:
+                fleet.seen[slug] = seen
+            fleet.polls += 1
+            if seen.state not in fleet.done:
+                heapq.heappush(self.due, (began + self.interval * random.uniform(1 - JITTER, 1), order, slug))
+                self.lock.notify()
+                return True
+            self.open -= 1
+            if self.open == 0:
+                self.done.set()
+                self.lock.notify_all()
+            return True
+
+    def watch(self, start: float, progress: Callable[[Fleet, float], None]) -> None:
+        """Wait for the end of the poll in the main thread, which a signal interrupts at once, telling
+        progress every PROGRESS_EVERY seconds."""
+        next_progress = start + PROGRESS_EVERY
+        while self.fleet.slugs and not self.done.is_set():
+            now = time.monotonic()
+            if now >= self.deadline:
+                break
+            self.done.wait(timeout=min(self.deadline, next_progress) - now)
+            if time.monotonic() >= next_progress and not self.done.is_set():
+                with self.lock:
+                    progress(self.fleet, max(0.0, self.deadline - time.monotonic()))
+                next_progress += PROGRESS_EVERY
+
+    def end(self) -> None:
+        with self.lock:
+            self.done.set()
+            self.lock.notify_all()
 
 
 def _leave_signals_to_the_main_thread() -> None:

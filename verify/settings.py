@@ -11,7 +11,7 @@ from typing import Any
 from fleet import contract, inputs, report, runner
 from fleet.contract import ContractError, show
 from fleet.tenant import TenantAccess
-from fleet.vocabulary import Outcome, RolloutVerdict
+from fleet.vocabulary import Follow, Outcome
 
 
 @dataclass(frozen=True)
@@ -68,22 +68,14 @@ def read_report(path: str, elsewhere: bool) -> dict[str, Any] | None:
 
 
 def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
-    """The tenants to verify and the quarantined ones. A rollout that touched the fleet and then failed
-    is surveyed: every tenant in its scope is read, none skipped."""
+    """The tenants to verify and the quarantined ones: from the rollout's report, as the rollout's
+    `follow` says (a check of the fleet it shipped, or a survey of every tenant in its scope after it
+    touched the fleet and failed), else from --response or --slugs."""
     if doc is not None and "rollout" in doc:
-        rollout = doc["rollout"]
-        plan = doc.get("plan") or {}
         _ignored(
             values, "the scope and the quarantine come from the rollout's report", "slugs", "stragglers", "response"
         )
-        scope = list(plan.get("scope") or [])
-        verdict = str(rollout.get("verdict", RolloutVerdict.FAILED))
-        if not rollout.get("ok") and rollout.get("touched") and not plan.get("dry_run"):
-            outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
-            return Scope(scope, [], "the failed rollout's report", verdict, outcomes, announced=True)
-        if not rollout.get("ok") or plan.get("dry_run") or verdict == RolloutVerdict.SUPERSEDED:
-            raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
-        return Scope(scope, list(doc.get("stragglers", [])), "the rollout's report")
+        return _from_report(doc)
     if values["response"]:
         _ignored(values, "the tenants and the quarantine come from --response", "slugs", "stragglers")
         return read_response(values["response"])
@@ -93,6 +85,25 @@ def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
     raise ContractError(
         "no tenants to verify: give --report (the rollout's report), --response (a redeploy-fleet answer) or --slugs"
     )
+
+
+def _from_report(doc: dict[str, Any]) -> Scope:
+    """What the rollout decided follows it is read, never decided again here."""
+    rollout = doc["rollout"]
+    scope = list((doc.get("plan") or {}).get("scope") or [])
+    verdict = str(rollout["verdict"])
+    if "follow" not in rollout:
+        raise ContractError(
+            "the report's rollout does not say what follows it (a report from an older version): roll out "
+            "again, or name the tenants with --slugs"
+        )
+    follow = Follow(rollout["follow"])
+    if follow == Follow.SURVEY:
+        outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
+        return Scope(scope, [], "the failed rollout's report", verdict, outcomes, announced=True)
+    if follow == Follow.NONE:
+        raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
+    return Scope(scope, list(doc.get("stragglers", [])), "the rollout's report")
 
 
 def _ignored(values: Mapping[str, str], why: str, *names: str) -> None:

@@ -125,13 +125,17 @@ def decide(
     if failing:
         named = listed([f"{slug} ({s.state}: {s.reason})" for slug, s in failing])
         return Verdict(False, f"{len(failing)} of {counted(len(seen), 'tenant')} failed verification: {named}")
+    return _passed(seen, expected_sha[:12])
+
+
+def _passed(seen: dict[str, Seen], sha: str) -> Verdict:
+    """No tenant failed: a pass, with a warning when none was verified."""
     tally = counts(seen)
     held = ""
     if tally[State.SUPERSEDED]:
         held += f"; {tally[State.SUPERSEDED]} already on the branch's newer head (superseded)"
     if tally[State.QUARANTINED]:
         held += f"; {tally[State.QUARANTINED]} quarantined"
-    sha = expected_sha[:12]
     if tally[State.VERIFIED]:
         verified = tally[State.VERIFIED]
         every = "the 1 tenant" if verified == 1 else f"all {verified} tenants"
