@@ -2,8 +2,9 @@
 
 ``Sandbox`` serves a scenario (``sandbox/scenarios/*.yml`` or any YAML file of the same shape): tenants
 that are healthy, wedged, slow, stale, flapping, unreachable or stopped, a control plane with the one
-redeploy-fleet endpoint that can be made to fail, and the GitHub/Gitea reads a rollout makes (branch head,
-Actions variables). Behaviours, the head and variables can be changed while it runs.
+redeploy-fleet endpoint that can be made to fail, and the GitHub/Gitea API a rollout uses (branch head,
+Actions variables, and an issue tracker with labels, comments and pull requests). Behaviours, the head,
+variables and the issue tracker's faults can be changed while it runs.
 ``python -m sandbox --scenario incident`` runs one.
 """
 

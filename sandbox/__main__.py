@@ -1,7 +1,8 @@
 """``python -m sandbox``: serve a simulated control plane, tenant fleet and forge until interrupted.
 
 ``python -m sandbox set`` and ``python -m sandbox forge`` change a running sandbox: a tenant's behaviour,
-the branch head and the repository's Actions variables, to rehearse a recovery or a superseded run.
+the branch head, the repository's Actions variables and the issue tracker's faults, to rehearse a recovery
+or a superseded run. ``python -m sandbox issues`` prints the issues and comments a running sandbox holds.
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ A scenario file is YAML (see sandbox/scenario.py):
                   lack verified_on_target under the unproven fault, default the missing list; times: how
                   many calls gateway_502 answers 502, default 1; `on` defaults to both for the scope faults)
   forge:          {{token, repository, branch, head, variables, variable_status,
-                  after_calls: [{{calls: N, head: SHA}}, {{calls: N, variables: {{NAME: VALUE}}}}]}}
+                  after_calls: [{{calls: N, head: SHA}}, {{calls: N, variables: {{NAME: VALUE}}}}],
+                  labels, issues: [{{title, body, labels, state, comments}}], pull_requests (N or a list),
+                  issues_status, issue_write_status, issues_delay, new_label_status}}
   also:           token, latency_ms, old_sha, old_tag, deployed_tag, name, description
 
 commands for a running sandbox (no token: it is a loopback simulator):
   python -m sandbox set --url URL --tenant SLUG --behaviour healthy
   python -m sandbox forge --url URL --head SHA --variable PROD_AUTO_DEPLOY_DISABLED=true
+  python -m sandbox forge --url URL --issues-status 403     # every issue API call answers 403 (0: off)
+  python -m sandbox issues --url URL                        # the issues and their comments
 """
 
 
@@ -93,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url-file", metavar="PATH", help="also write the base URL to this file once the sandbox is listening"
     )
-    commands = parser.add_subparsers(dest="command", metavar="{set,forge}", title="commands")
+    commands = parser.add_subparsers(dest="command", metavar="{set,forge,issues}", title="commands")
     change = commands.add_parser(
         "set",
         help="change a tenant's behaviour in a running sandbox",
@@ -114,7 +119,20 @@ def _parser() -> argparse.ArgumentParser:
     head.add_argument("--unknown-head", action="store_true", help="make the branch unknown (reads answer 404)")
     forge.add_argument("--variable", action="append", default=[], metavar="NAME=VALUE", help="set a variable")
     forge.add_argument("--unset", action="append", default=[], metavar="NAME", help="unset a variable")
+    for flag, what in (("--issues-status", "every issue API call"), ("--issue-write-status", "every issue API write")):
+        forge.add_argument(flag, type=int, metavar="STATUS", help=f"the status {what} answers (0: none)")
+    forge.add_argument(
+        "--issues-delay", type=float, metavar="SECONDS", help="how long every issue API call waits before answering"
+    )
     forge.set_defaults(subparser=forge)  # its usage errors show its own usage line
+    issues = commands.add_parser(
+        "issues",
+        help="print the issues and comments of a running sandbox",
+        description="Print the simulated forge's issues (open and closed), each with its labels, body and comments.",
+    )
+    issues.add_argument("--url", required=True, help="the sandbox's base URL (what it printed)")
+    issues.add_argument("--pull-requests", action="store_true", help="list the pull requests too")
+    issues.add_argument("--json", action="store_true", help="print them as JSON")
     return parser
 
 
@@ -166,11 +184,19 @@ def _describe(sb: Sandbox) -> list[str]:
         lines.append(f"  forge variables: {', '.join(f'{k}={v}' for k, v in forge['variables'].items())}")
     if forge["variable_status"] is not None:
         lines.append(f"  every variable read answers {forge['variable_status']}")
+    if forge["issues"] or forge["pull_requests"]:
+        lines.append(f"  forge issues: {len(forge['issues'])}, pull requests: {len(forge['pull_requests'])}")
+    for key in ("issues_status", "issue_write_status", "new_label_status"):
+        if forge[key] is not None:
+            lines.append(f"  forge fault: {key} {forge[key]}")
+    if forge["issues_delay"]:
+        lines.append(f"  every issue API call waits {forge['issues_delay']:g} s")
     dry_run = '{"target_tag":"x","dry_run":true,"confirm":true}'
     lines += [
         f"  try:   curl -H \"Authorization: Bearer $CP_TOKEN\" -d '{dry_run}' {sb.url}{REDEPLOY_PATH}",
         f"  state: curl {sb.url}{STATE_PATH}",
         f"  fix:   python -m sandbox set --url {sb.url} --tenant SLUG --behaviour healthy",
+        f"  issues: python -m sandbox issues --url {sb.url}",
         "Stop with Ctrl-C.",
     ]
     return lines
@@ -231,9 +257,49 @@ def _forge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         variables[name] = None
     if variables:
         doc["variables"] = variables
+    for name in ("issues_status", "issue_write_status"):
+        status = getattr(args, name)
+        if status is not None:
+            doc[name] = status or None
+    if args.issues_delay is not None:
+        doc["issues_delay"] = args.issues_delay
     if not doc:
-        parser.error("forge: give --head, --unknown-head, --variable or --unset")
+        parser.error("forge: give --head, --unknown-head, --variable, --unset or an issue fault")
     return _post(args.url.rstrip("/") + FORGE_PATH, doc)
+
+
+def _indented(text: str, prefix: str = "    ") -> list[str]:
+    return [prefix + line for line in (text.splitlines() or [""])]
+
+
+def show_issues(issues: list[dict[str, Any]]) -> list[str]:
+    """The issues as text: a heading line each (number, state, title, labels, address), body, comments."""
+    lines: list[str] = []
+    for issue in issues:
+        kind = " (pull request)" if issue["pull_request"] else ""
+        labels = f"  [{', '.join(issue['labels'])}]" if issue["labels"] else ""
+        lines.append(f"#{issue['number']} {issue['state']}{kind}: {issue['title']}{labels}  {issue['html_url']}")
+        lines += _indented(issue["body"])
+        for comment in issue["comments"]:
+            lines.append(f"  comment {comment['id']}:")
+            lines += _indented(comment["body"])
+    return lines or ["no issues"]
+
+
+def _issues(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        print(f"sandbox: --url must be an http:// URL, not {args.url!r}", file=sys.stderr)
+        return 2
+    try:
+        with urllib.request.urlopen(url + STATE_PATH, timeout=10) as response:  # noqa: S310 - the scheme is checked above
+            issues = json.loads(response.read())["issues"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        print(f"sandbox: cannot read the issues of the sandbox at {url}: {exc}", file=sys.stderr)
+        return 1
+    shown = [issue for issue in issues if args.pull_requests or not issue["pull_request"]]
+    print(json.dumps(shown, indent=2) if args.json else "\n".join(show_issues(shown)))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -279,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         return _set(args)
     if args.command == "forge":
         return _forge(args, args.subparser)
+    if args.command == "issues":
+        return _issues(args)
     if not args.scenario:
         parser.error("--scenario is required (a preset name or a scenario file)")
     return _serve(args)

@@ -19,6 +19,14 @@ A scenario is a YAML mapping (every key optional):
 - ``forge``: the simulated GitHub/Gitea API, ``{token, repository, branch, head, variables,
   variable_status, after_calls}``; ``after_calls`` is a list of ``{calls: N, head: SHA}`` and/or
   ``{calls: N, variables: {NAME: VALUE}}``, applied when the N-th real redeploy call has been handled.
+  Its issue tracker (see ``sandbox/tracker.py``): ``labels`` (names, or ``{name, color, description}``),
+  ``issues`` (``{title, body, labels, state, comments}``: ``labels`` names, created when missing,
+  ``state`` open or closed, ``comments`` texts), ``pull_requests`` (the same mappings, or a count N: N
+  open pull requests labelled ``fleet-quarantine``, so a client listing that label meets them), and its
+  faults: ``issues_status`` (every issue, comment and label call answers it), ``issue_write_status``
+  (every write does), ``issues_delay`` (seconds every such call waits before answering; a write is done
+  first) and ``new_label_status`` (a label created, by name on a GitHub issue or by a label create,
+  answers it: a caller without push access).
 """
 
 from __future__ import annotations
@@ -81,13 +89,34 @@ TOP_KEYS = (
 TENANT_KEYS = ("slug", "behaviour", "ready_after", "cp_verified")
 FLEET_KEYS = ("count", "prefix", "behaviour", "ready_after", "cp_verified")
 CP_KEYS = ("fault", "on", "slow_seconds", "times", "missing", "unproven")
-FORGE_KEYS = ("token", "repository", "branch", "head", "variables", "variable_status", "after_calls")
+FORGE_KEYS = (
+    "token",
+    "repository",
+    "branch",
+    "head",
+    "variables",
+    "variable_status",
+    "after_calls",
+    "labels",
+    "issues",
+    "pull_requests",
+    "issues_status",
+    "issue_write_status",
+    "issues_delay",
+    "new_label_status",
+)
 AFTER_CALL_KEYS = ("calls", "head", "variables")
+ISSUE_KEYS = ("title", "body", "labels", "state", "comments")
+LABEL_KEYS = ("name", "color", "description")
+ISSUE_STATES = ("open", "closed")
+PULL_REQUEST_LABEL = "fleet-quarantine"  # the quarantine ledger's default label
+DEFAULT_LABEL_COLOR = "ededed"
 
 _STATUSES = frozenset(s.value for s in HTTPStatus if 200 <= s.value <= 599)
 _HEX_TAIL = re.compile(r"[0-9a-fA-F]{7,40}")
 _SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 _SEGMENT = re.compile(r"[^/?#\s]+")
+_COLOR = re.compile(r"#?[0-9a-fA-F]{6}")
 
 
 def sha_for_tag(tag: str) -> str:
@@ -273,6 +302,65 @@ class _Checker:
             "variables": self.variables(value.get("variables"), "forge.variables", unset=False),
             "variable_status": self.status(value.get("variable_status"), "forge.variable_status"),
             "after_calls": after,
+            **self.tracker(value),
+        }
+
+    def texts(self, value: Any, where: str) -> list[str]:
+        value = value or []
+        if not isinstance(value, list):
+            self.fail(where, "must be a list of strings")
+        return [str(self.text(item, f"{where}[{i}]", None)) for i, item in enumerate(value)]
+
+    def label(self, value: Any, where: str) -> dict[str, Any]:
+        if isinstance(value, str):
+            value = {"name": value}
+        self.mapping(value, where, LABEL_KEYS)
+        color = self.text(value.get("color"), f"{where}.color", DEFAULT_LABEL_COLOR)
+        if not _COLOR.fullmatch(str(color)):
+            self.fail(f"{where}.color", f"must be 6 hex digits (#rrggbb), not {color!r}")
+        return {
+            "name": self.text(value.get("name"), f"{where}.name", None) or self.fail(where, "is missing 'name'"),
+            "color": color,
+            "description": self.text(value.get("description"), f"{where}.description", "", empty=True),
+        }
+
+    def issue(self, value: Any, where: str) -> dict[str, Any]:
+        self.mapping(value, where, ISSUE_KEYS)
+        return {
+            "title": self.text(value.get("title"), f"{where}.title", None) or self.fail(where, "is missing 'title'"),
+            "body": self.text(value.get("body"), f"{where}.body", "", empty=True),
+            "labels": self.texts(value.get("labels"), f"{where}.labels"),
+            "state": self.choice(value.get("state"), f"{where}.state", ISSUE_STATES, "open"),
+            "comments": self.texts(value.get("comments"), f"{where}.comments"),
+        }
+
+    def issues(self, value: Any, where: str) -> list[dict[str, Any]]:
+        value = value or []
+        if not isinstance(value, list):
+            self.fail(where, "must be a list of {title, body, labels, state, comments}")
+        return [self.issue(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+    def tracker(self, value: dict[str, Any]) -> dict[str, Any]:
+        """The issue tracker's keys; a count of pull requests is expanded, so the result normalizes again."""
+        labels = value.get("labels") or []
+        if not isinstance(labels, list):
+            self.fail("forge.labels", "must be a list of names or {name, color, description}")
+        pulls = value.get("pull_requests")
+        if isinstance(pulls, int) and not isinstance(pulls, bool):
+            count = self.integer(pulls, "forge.pull_requests", 0, 0)
+            pulls = [{"title": f"pull request {n}", "labels": [PULL_REQUEST_LABEL]} for n in range(1, (count or 0) + 1)]
+        delay = self.number(value.get("issues_delay"), "forge.issues_delay", 0)
+        named = [self.label(item, f"forge.labels[{i}]") for i, item in enumerate(labels)]
+        if len({label["name"] for label in named}) != len(named):
+            self.fail("forge.labels", "names a label twice")
+        return {
+            "labels": named,
+            "issues": self.issues(value.get("issues"), "forge.issues"),
+            "pull_requests": self.issues(pulls, "forge.pull_requests"),
+            "issues_status": self.status(value.get("issues_status"), "forge.issues_status"),
+            "issue_write_status": self.status(value.get("issue_write_status"), "forge.issue_write_status"),
+            "issues_delay": delay,
+            "new_label_status": self.status(value.get("new_label_status"), "forge.new_label_status"),
         }
 
 

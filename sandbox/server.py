@@ -4,9 +4,11 @@ One threaded HTTP server answers every side:
 
 - the control plane's one endpoint, ``POST /cp/admin/tenants/redeploy-fleet`` (bearer token required);
 - every tenant under ``/t/<slug>/...``: health at the scenario's ``health_paths``, buildinfo at ``/buildinfo``;
-- the forge: GitHub's API under ``/github`` and Gitea's under ``/api/v1`` (branch head, Actions variables);
+- the forge: GitHub's API under ``/github`` and Gitea's under ``/api/v1`` (branch head, Actions variables,
+  and the issue tracker of ``sandbox/tracker.py``: issues, pull requests, labels, comments);
 - the sandbox itself: ``GET /sandbox/state``, ``POST /sandbox/tenants/<slug>`` (change a behaviour) and
-  ``POST /sandbox/forge`` (move the head, set variables), no token: it is a loopback simulator.
+  ``POST /sandbox/forge`` (move the head, set variables and the issue tracker's faults), no token: it is a
+  loopback simulator.
 
 Tenant answers are prebuilt byte strings handed out under one lock, so a fleet of thousands can be polled
 at once. The sandbox is self-contained: it checks requests itself and imports nothing from the project.
@@ -24,9 +26,10 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from .scenario import BEHAVIOURS, BUILDINFO_PATH, load_scenario, sha_for_tag
+from .tracker import Tracker, phrase
 
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 STATE_PATH = "/sandbox/state"
@@ -60,6 +63,19 @@ REQUEST_FIELDS: dict[str, tuple[type, str]] = {
 MINIMUM = {"soak_seconds": 0, "batch_size": 1, "max_stragglers": 0}
 
 Answer = tuple[int, str, bytes]
+ISSUE_FAULTS = ("issues_status", "issue_write_status", "issues_delay")
+
+
+def _check_issue_faults(faults: dict[str, Any]) -> None:
+    """Raise ValueError for an unknown fault or a value it cannot take."""
+    for key, value in faults.items():
+        if key not in ISSUE_FAULTS:
+            raise ValueError(f"unknown issue fault {show(key)} (one of {', '.join(ISSUE_FAULTS)})")
+        if key == "issues_delay":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+                raise ValueError(f"issues_delay must be seconds from 0 to 3600, not {show(value)}")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599):
+            raise ValueError(f"{key} must be an HTTP status from 200 to 599 or null, not {show(value)}")
 
 
 def show(value: Any, limit: int = SHOW_LIMIT) -> str:
@@ -375,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/cp" or path.startswith("/cp/"):
             self._control_plane(sandbox, path, body)
         elif path.startswith((GITHUB_PREFIX + "/", GITEA_PREFIX + "/")) or path in (GITHUB_PREFIX, GITEA_PREFIX):
-            self._forge(sandbox, path)
+            self._forge(sandbox, path, body)
         elif path == STATE_PATH or path == FORGE_PATH or path.startswith(TENANTS_PATH):
             self._sandbox(sandbox, path, body)
         else:
@@ -459,24 +475,35 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- forge -------------------------------------------------------------------------------------
 
-    def _forge(self, sandbox: Sandbox, path: str) -> None:
+    def _forge(self, sandbox: Sandbox, path: str, raw: bytes) -> None:
         arrived = time.time()
         github = path == GITHUB_PREFIX or path.startswith(GITHUB_PREFIX + "/")
         rest = path[len(GITHUB_PREFIX if github else GITEA_PREFIX) :]
+        query = parse_qsl(self.path.partition("?")[2], keep_blank_values=True)
+        try:
+            body: Any = parse_json(raw, "request body") if raw else None
+            problem = None
+        except ValueError as exc:
+            body, problem = raw.decode("utf-8", "replace"), str(exc)
         authorized = sandbox._forge_authorized(self.headers.get("Authorization"))
         if sandbox._latency:
             time.sleep(sandbox._latency)
         extra: tuple[str, ...] = ()
         if not authorized:
             status, doc = 401, {"message": "Bad credentials"}
-        elif self.command not in ("GET", "HEAD"):
-            status, doc = 405, {"message": "Method Not Allowed"}
-            extra = ("Allow: GET",)
         else:
-            status, doc = sandbox._forge_read(github, rest)
+            status, doc, extra = sandbox._forge_answer(github, self.command, rest, query, body, problem)
         with sandbox._lock:
             sandbox._forge_calls.append(
-                {"method": self.command, "path": self.path, "authorized": authorized, "status": status, "time": arrived}
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "query": dict(query),
+                    "body": body,
+                    "authorized": authorized,
+                    "status": status,
+                    "time": arrived,
+                }
             )
         self._send_json(status, doc, extra)
 
@@ -531,6 +558,10 @@ class Sandbox:
         self._variables: dict[str, str] = dict(forge["variables"])
         self._variable_status: int | None = forge["variable_status"]
         self._after_calls: list[dict[str, Any]] = copy.deepcopy(forge["after_calls"])
+        self._tracker = Tracker(forge, "")
+        self._issues_status: int | None = forge["issues_status"]
+        self._issue_write_status: int | None = forge["issue_write_status"]
+        self._issues_delay: float = forge["issues_delay"]
         self._real_calls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -555,6 +586,7 @@ class Sandbox:
             return self
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
+        self._tracker.base_url = self.url
         tag = self.scenario["deployed_tag"]
         if tag is not None:
             build = self._build(tag)
@@ -690,8 +722,29 @@ class Sandbox:
         with self._lock:
             self._set_variable(name, value)
 
+    def set_issue_faults(self, **faults: Any) -> None:
+        """Change the issue tracker's faults now: ``issues_status`` (every issue, comment and label call
+        answers it; None: off), ``issue_write_status`` (every write answers it) and ``issues_delay``
+        (seconds each such call waits before answering). Keys left out stay as they are."""
+        _check_issue_faults(faults)
+        with self._lock:
+            self._set_issue_faults(faults)
+
+    @property
+    def issues(self) -> list[dict[str, Any]]:
+        """The forge's issues and pull requests (``pull_request``: true), oldest first, with their comments."""
+        with self._lock:
+            return list(self._tracker.state()["issues"])
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        """The forge's labels: id, name, color."""
+        with self._lock:
+            return list(self._tracker.state()["labels"])
+
     def state(self) -> dict[str, Any]:
-        """What ``GET /sandbox/state`` answers: calls, hit counts, each tenant's build and the forge."""
+        """What ``GET /sandbox/state`` answers: calls, hit counts, each tenant's build, the forge and its
+        issue tracker (``issues``, ``labels``)."""
         with self._lock:
             tenants: dict[str, dict[str, Any]] = {}
             now = time.time()
@@ -708,6 +761,7 @@ class Sandbox:
                 "tenants": tenants,
                 "forge": self._forge_state(),
                 "forge_calls": copy.deepcopy(self._forge_calls),
+                **self._tracker.state(),
             }
 
     # -- internals (the lock is held where the name says so) ---------------------------------------
@@ -728,20 +782,31 @@ class Sandbox:
 
     def _forge_update(self, raw: bytes) -> dict[str, Any]:
         body = parse_json(raw, "request body")
-        if not isinstance(body, dict) or not body or set(body) - {"head", "variables"}:
-            raise ValueError('send {"head": "<sha>" or null, "variables": {"NAME": "value" or null}} (either key)')
+        if not isinstance(body, dict) or not body or set(body) - {"head", "variables", *ISSUE_FAULTS}:
+            raise ValueError(
+                'send {"head": "<sha>" or null, "variables": {"NAME": "value" or null}, "issues_status": N or null, '
+                '"issue_write_status": N or null, "issues_delay": seconds} (any of the keys)'
+            )
         variables = body.get("variables", {})
         if not isinstance(variables, dict):
             raise ValueError("variables must be an object of NAME: value (null unsets)")
         for name, value in variables.items():
             if not name or "/" in name or (value is not None and not isinstance(value, str)):
                 raise ValueError(f"bad variable {show(name)}: {show(value)} (values are strings, null unsets)")
+        faults = {key: body[key] for key in ISSUE_FAULTS if key in body}
+        _check_issue_faults(faults)
         if "head" in body:
             self.set_head(body["head"])
         with self._lock:
             for name, value in variables.items():
                 self._set_variable(name, value)
+            self._set_issue_faults(faults)
             return self._forge_state()
+
+    def _set_issue_faults(self, faults: dict[str, Any]) -> None:
+        self._issues_status = faults.get("issues_status", self._issues_status)
+        self._issue_write_status = faults.get("issue_write_status", self._issue_write_status)
+        self._issues_delay = float(faults.get("issues_delay", self._issues_delay))
 
     def _set_variable(self, name: str, value: str | None) -> None:
         if value is None:
@@ -755,6 +820,9 @@ class Sandbox:
             "branch": self._branch,
             "head": self._head,
             "variables": dict(self._variables),
+            "issues_status": self._issues_status,
+            "issue_write_status": self._issue_write_status,
+            "issues_delay": self._issues_delay,
         }
 
     def _forge_authorized(self, header: str | None) -> bool:
@@ -763,11 +831,40 @@ class Sandbox:
             return False
         return hmac.compare_digest(credentials.strip().encode("utf-8"), self.forge_token.encode("utf-8"))
 
-    def _forge_read(self, github: bool, rest: str) -> tuple[int, dict[str, Any]]:
+    def _forge_answer(
+        self, github: bool, method: str, rest: str, query: list[tuple[str, str]], body: Any, problem: str | None
+    ) -> tuple[int, Any, tuple[str, ...]]:
+        """The answer to an authorized forge call: the issue tracker's, or a branch or variable read."""
         parts = [unquote(p) for p in rest.strip("/").split("/")]
+        if len(parts) < 4 or parts[0] != "repos" or f"{parts[1]}/{parts[2]}".lower() != self._repository.lower():
+            return 404, {"message": "Not Found"}, ()
+        if parts[3] in ("issues", "labels"):
+            return self._tracker_answer(github, method, parts[3:], query, body, problem)
+        if method not in ("GET", "HEAD"):
+            return 405, {"message": "Method Not Allowed"}, ("Allow: GET",)
+        return (*self._forge_read(github, parts), ())
+
+    def _tracker_answer(
+        self, github: bool, method: str, parts: list[str], query: list[tuple[str, str]], body: Any, problem: str | None
+    ) -> tuple[int, Any, tuple[str, ...]]:
+        """The tracker's answer, or its fault's; a slow tracker acts first, then keeps the caller waiting."""
+        with self._lock:
+            fault = self._issues_status
+            if fault is None and method not in ("GET", "HEAD"):
+                fault = self._issue_write_status
+            if fault is not None:
+                answer: tuple[int, Any, tuple[str, ...]] = (fault, {"message": phrase(fault)}, ())
+            elif problem:
+                answer = 400, {"message": f"Problems parsing JSON: {problem}"}, ()
+            else:
+                answer = self._tracker.handle(github, method, parts, query, body)
+            delay = self._issues_delay
+        if delay:
+            self._stopping.wait(delay)
+        return answer
+
+    def _forge_read(self, github: bool, parts: list[str]) -> tuple[int, dict[str, Any]]:
         not_found = 404, {"message": "Not Found"}
-        if len(parts) < 5 or parts[0] != "repos" or f"{parts[1]}/{parts[2]}".lower() != self._repository.lower():
-            return not_found
         with self._lock:
             if len(parts) == 5 and parts[3] == "branches":
                 if parts[4] != self._branch or self._head is None:

@@ -35,6 +35,7 @@ REDEPLOY = "/cp/admin/tenants/redeploy-fleet"
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 HEAD = "fedcba9876543210fedcba9876543210fedcba98"
 NEWER = "1111111111111111111111111111111111111111"
+NO_ISSUE_FAULTS = {"issues_status": None, "issue_write_status": None, "issues_delay": 0}
 
 
 def sha1(text: str) -> str:
@@ -254,6 +255,13 @@ def test_scenario_from_a_file_and_normalized_twice(tmp_path):
             {"calls": 2, "head": None},
             {"calls": 1, "variables": {"PROD_AUTO_DEPLOY_DISABLED": "true", "X": None}},
         ],
+        "labels": [],
+        "issues": [],
+        "pull_requests": [],
+        "issues_status": None,
+        "issue_write_status": None,
+        "issues_delay": 0,
+        "new_label_status": None,
     }
     assert load_scenario(scenario) == scenario
     defaults = load_scenario({})
@@ -288,6 +296,18 @@ def test_scenario_from_a_file_and_normalized_twice(tmp_path):
         ({"forge": {"after_calls": [{"calls": 1}]}}, "neither"),
         ({"forge": {"after_calls": [{"calls": 0, "head": "abc1234"}]}}, "after_calls[0].calls"),
         ({"forge": {"secret": "x"}}, "'secret'"),
+        ({"forge": {"issues": {"title": "x"}}}, "forge.issues"),
+        ({"forge": {"issues": [{"body": "x"}]}}, "forge.issues[0]"),
+        ({"forge": {"issues": [{"title": "x", "state": "merged"}]}}, "forge.issues[0].state"),
+        ({"forge": {"issues": [{"title": "x", "labels": "a"}]}}, "forge.issues[0].labels"),
+        ({"forge": {"issues": [{"title": "x", "number": 3}]}}, "'number'"),
+        ({"forge": {"labels": [{"name": "a", "color": "red"}]}}, "forge.labels[0].color"),
+        ({"forge": {"labels": ["a", "a"]}}, "twice"),
+        ({"forge": {"pull_requests": -1}}, "forge.pull_requests"),
+        ({"forge": {"issues_status": 99}}, "forge.issues_status"),
+        ({"forge": {"issue_write_status": "403"}}, "forge.issue_write_status"),
+        ({"forge": {"new_label_status": 1000}}, "forge.new_label_status"),
+        ({"forge": {"issues_delay": -1}}, "forge.issues_delay"),
     ],
 )
 def test_bad_scenarios_are_refused_clearly(doc, named):
@@ -752,7 +772,9 @@ def test_state_endpoint_shows_calls_builds_and_the_forge(start):
         "branch": "main",
         "head": HEAD,
         "variables": {"KILL": "false"},
+        **NO_ISSUE_FAULTS,
     }
+    assert state["issues"] == [] and state["labels"] == []
     assert state["forge_calls"] == []
     forge_get(sb, "/github/repos/acme/platform/branches/main")
     assert [(c["path"], c["status"]) for c in sb.state()["forge_calls"]] == [
@@ -1024,7 +1046,13 @@ def test_cli_forge_changes_a_running_sandbox(start):
     assert sb.forge["variables"] == {"KILL": "true", "X": "a=b"}
     done = run_cli("forge", "--url", sb.url, "--unknown-head", "--unset", "KILL")
     assert done.returncode == 0, done.stderr
-    assert sb.forge == {"repository": "acme/platform", "branch": "main", "head": None, "variables": {"X": "a=b"}}
+    assert sb.forge == {
+        "repository": "acme/platform",
+        "branch": "main",
+        "head": None,
+        "variables": {"X": "a=b"},
+        **NO_ISSUE_FAULTS,
+    }
     assert run_cli("forge", "--url", sb.url).returncode == 2
     assert run_cli("forge", "--url", sb.url, "--variable", "novalue").returncode == 2
 
@@ -1162,6 +1190,7 @@ def test_forge_over_http(start):
         "branch": "main",
         "head": NEWER,
         "variables": {"PROD_AUTO_DEPLOY_DISABLED": "false", "A": "1"},
+        **NO_ISSUE_FAULTS,
     }
     assert requests.get(sb.url + "/sandbox/forge", timeout=5).json()["head"] == NEWER
     requests.post(sb.url + "/sandbox/forge", json={"variables": {"A": None}}, timeout=5)
@@ -1171,6 +1200,296 @@ def test_forge_over_http(start):
         response = requests.post(sb.url + "/sandbox/forge", json=body, timeout=5)
         assert response.status_code == 400 and response.json()["error"], body
     assert sb.forge["head"] == NEWER
+
+
+# -- the forge's issue tracker -----------------------------------------------------------------------
+
+LABEL = "fleet-quarantine"
+GH_ISSUES = "/github/repos/acme/platform/issues"
+GT_ISSUES = "/api/v1/repos/acme/platform/issues"
+GT_LABELS = "/api/v1/repos/acme/platform/labels"
+
+
+def forge_call(sb: Sandbox, method: str, path: str, body: Any = None, **params: Any) -> requests.Response:
+    headers = {"Authorization": f"token {sb.forge_token}"}
+    return requests.request(method, sb.url + path, headers=headers, json=body, params=params or None, timeout=5)
+
+
+def every_page(sb: Sandbox, path: str, **params: Any) -> tuple[list[dict], list[requests.Response]]:
+    """Follow rel="next" from the first page to the last; every item and every answer."""
+    response = forge_call(sb, "GET", path, **params)
+    answers = [response]
+    while "next" in response.links:
+        assert len(answers) < 20, "the Link header never stops"
+        response = requests.get(
+            response.links["next"]["url"], headers={"Authorization": f"token {sb.forge_token}"}, timeout=5
+        )
+        answers.append(response)
+    assert all(a.status_code == 200 for a in answers)
+    return [item for a in answers for item in a.json()], answers
+
+
+def quarantine_issues(count: int, **extra: Any) -> list[dict]:
+    return [{"title": f"fleet-rollout: tenant t{n} is quarantined", "labels": [LABEL], **extra} for n in range(count)]
+
+
+def test_forge_github_issue_list_pages_by_link_and_holds_pull_requests(start):
+    sb = start(dict(eight(), forge={"issues": quarantine_issues(3), "pull_requests": 120}))
+    items, answers = every_page(sb, GH_ISSUES, labels=LABEL, state="open", per_page=100)
+    assert [len(a.json()) for a in answers] == [100, 23]
+    assert 'rel="next"' in answers[0].headers["Link"] and 'rel="next"' not in answers[1].headers["Link"]
+    assert [i["number"] for i in items] == list(range(123, 0, -1))  # newest first, pull requests included
+    pulls = [i for i in items if "pull_request" in i]
+    assert len(pulls) == 120 and all(i["pull_request"]["url"] for i in pulls)
+    assert [i["title"] for i in items if "pull_request" not in i] == [
+        f"fleet-rollout: tenant t{n} is quarantined" for n in (2, 1, 0)
+    ]
+    assert [i["labels"][0]["name"] for i in items[-3:]] == [LABEL] * 3
+    # per_page is capped at 100, and defaults to 30
+    assert len(forge_call(sb, "GET", GH_ISSUES, per_page=500).json()) == 100
+    assert len(forge_call(sb, "GET", GH_ISSUES).json()) == 30
+    assert forge_call(sb, "GET", GH_ISSUES, per_page=100, page=3).json() == []
+    # every call is recorded with its query
+    assert sb.forge_calls[1]["query"] == {"labels": LABEL, "state": "open", "per_page": "100", "page": "2"}
+
+
+def test_forge_gitea_issue_list_caps_limit_at_50_and_type_issues_leaves_out_pull_requests(start):
+    sb = start(dict(eight(), forge={"issues": quarantine_issues(60), "pull_requests": 5}))
+    first = forge_call(sb, "GET", GT_ISSUES, labels=LABEL, state="open", type="issues", limit=100)
+    assert len(first.json()) == 50 and first.headers["X-Total-Count"] == "60" and 'rel="next"' in first.headers["Link"]
+    items, answers = every_page(sb, GT_ISSUES, labels=LABEL, state="open", type="issues", limit=50)
+    assert len(answers) == 2 and len(items) == 60
+    assert all(i["pull_request"] is None for i in items)  # Gitea sends the key on every issue, null
+    mixed, _ = every_page(sb, GT_ISSUES, labels=LABEL, limit=50)
+    assert len(mixed) == 65 and sum(1 for i in mixed if i["pull_request"]) == 5
+    pulls = forge_call(sb, "GET", GT_ISSUES, type="pulls").json()
+    assert len(pulls) == 5 and all(i["pull_request"]["merged"] is False for i in pulls)
+    assert len(forge_call(sb, "GET", GT_ISSUES, per_page=100).json()) == 30  # per_page is not Gitea's
+
+
+def test_forge_label_filters_differ_between_github_and_gitea(start):
+    issues = [
+        {"title": "quarantined", "labels": [LABEL]},
+        {"title": "other", "labels": ["bug"]},
+        {"title": "old", "labels": [LABEL], "state": "closed"},
+    ]
+    sb = start(dict(eight(), forge={"issues": issues}))
+    titles = lambda path, **q: [i["title"] for i in forge_call(sb, "GET", path, **q).json()]  # noqa: E731
+    assert titles(GH_ISSUES, labels=LABEL) == titles(GT_ISSUES, labels=LABEL) == ["quarantined"]
+    assert titles(GH_ISSUES, labels=LABEL, state="closed") == ["old"]
+    assert titles(GT_ISSUES, labels=LABEL, state="all") == ["old", "quarantined"]
+    assert titles(GH_ISSUES, labels=f"{LABEL},bug") == []  # GitHub: every label named
+    assert titles(GT_ISSUES, labels=f"{LABEL},bug") == ["other", "quarantined"]  # Gitea: any of them
+    # A label that does not exist: GitHub matches nothing, Gitea drops the filter and lists every issue
+    assert titles(GH_ISSUES, labels="missing") == []
+    assert titles(GT_ISSUES, labels="missing") == ["other", "quarantined"]
+    assert forge_call(sb, "GET", GH_ISSUES, state="bogus").status_code == 422
+    assert titles(GT_ISSUES, state="bogus") == ["other", "quarantined"]  # Gitea reads it as open
+
+
+def test_forge_github_issue_create_makes_the_named_label_then_comment_and_close(start):
+    sb = start(dict(eight(), forge=FORGE))
+    created = forge_call(
+        sb, "POST", GH_ISSUES, {"title": "fleet-rollout: tenant acme is quarantined", "body": "b1", "labels": [LABEL]}
+    )
+    assert created.status_code == 201
+    issue = created.json()
+    assert issue["number"] == 1 and issue["state"] == "open" and issue["labels"][0]["name"] == LABEL
+    assert issue["html_url"] == f"{sb.url}/acme/platform/issues/1" and "pull_request" not in issue
+    assert [label["name"] for label in sb.labels] == [LABEL]  # GitHub created the missing label
+    comment = forge_call(sb, "POST", GH_ISSUES + "/1/comments", {"body": "again, streak 2"})
+    assert comment.status_code == 201 and comment.json()["body"] == "again, streak 2"
+    edited = forge_call(sb, "PATCH", GH_ISSUES + "/1", {"body": "b2"})
+    assert edited.status_code == 200 and edited.json()["body"] == "b2"
+    closed = forge_call(sb, "PATCH", GH_ISSUES + "/1", {"state": "closed"})
+    assert closed.status_code == 200 and closed.json()["state"] == "closed" and closed.json()["closed_at"]
+    assert forge_call(sb, "GET", GH_ISSUES, labels=LABEL).json() == []
+    assert forge_call(sb, "GET", GH_ISSUES + "/1").json()["comments"] == 1
+    state = requests.get(sb.url + "/sandbox/state", timeout=5).json()
+    assert state["issues"] == [
+        {
+            "number": 1,
+            "title": "fleet-rollout: tenant acme is quarantined",
+            "body": "b2",
+            "labels": [LABEL],
+            "state": "closed",
+            "pull_request": False,
+            "html_url": f"{sb.url}/acme/platform/issues/1",
+            "comments": [{"id": comment.json()["id"], "body": "again, streak 2"}],
+        }
+    ]
+    assert [(c["method"], c["body"], c["status"]) for c in state["forge_calls"][:2]] == [
+        ("POST", {"title": "fleet-rollout: tenant acme is quarantined", "body": "b1", "labels": [LABEL]}, 201),
+        ("POST", {"body": "again, streak 2"}, 201),
+    ]
+
+
+def test_forge_gitea_issue_create_takes_label_ids_and_refuses_names(start):
+    sb = start(dict(eight(), forge=FORGE))
+    title = "fleet-rollout: tenant acme is quarantined"
+    by_name = forge_call(sb, "POST", GT_ISSUES, {"title": title, "labels": [LABEL]})
+    assert by_name.status_code == 422 and "int64" in by_name.json()["message"]
+    assert sb.issues == [] and sb.labels == []
+    assert forge_call(sb, "GET", GT_LABELS).json() == []
+    assert forge_call(sb, "POST", GT_LABELS, {"name": LABEL}).status_code == 422  # Gitea needs a color
+    label = forge_call(sb, "POST", GT_LABELS, {"name": LABEL, "color": "#B60205"})
+    assert label.status_code == 201 and label.json()["name"] == LABEL and label.json()["color"] == "b60205"
+    assert forge_call(sb, "POST", GT_LABELS, {"name": LABEL, "color": "#b60205"}).status_code == 422  # exists
+    assert forge_call(sb, "POST", GT_ISSUES, {"title": title, "labels": [999]}).status_code == 422
+    created = forge_call(sb, "POST", GT_ISSUES, {"title": title, "body": "b", "labels": [label.json()["id"]]})
+    assert created.status_code == 201 and created.json()["labels"][0]["name"] == LABEL
+    assert created.json()["pull_request"] is None
+    assert forge_call(sb, "POST", GT_ISSUES + "/1/comments", {"body": "c"}).status_code == 201
+    closed = forge_call(sb, "PATCH", GT_ISSUES + "/1", {"state": "closed"})
+    assert closed.status_code == 201 and closed.json()["state"] == "closed"  # Gitea answers an edit 201
+    assert [(i["state"], i["labels"], len(i["comments"])) for i in sb.issues] == [("closed", [LABEL], 1)]
+    creates = [c for c in sb.forge_calls if c["method"] == "POST" and c["path"] == GT_ISSUES]
+    assert [(c["body"]["labels"], c["status"]) for c in creates] == [([LABEL], 422), ([999], 422), ([1], 201)]
+
+
+def test_forge_labels_page_on_both_and_github_creates_one_too(start):
+    sb = start(dict(eight(), forge={"labels": [f"l{n}" for n in range(55)]}))
+    items, answers = every_page(sb, GT_LABELS, limit=50)
+    assert len(answers) == 2 and [label["name"] for label in items] == [f"l{n}" for n in range(55)]
+    made = forge_call(sb, "POST", "/github/repos/acme/platform/labels", {"name": LABEL})
+    assert made.status_code == 201 and made.json()["color"] == "ededed"
+    assert len(forge_call(sb, "GET", "/github/repos/acme/platform/labels", per_page=100).json()) == 56
+
+
+def test_forge_new_label_status_refuses_a_label_the_caller_may_not_create(start):
+    sb = start(dict(eight(), forge={"labels": ["bug"], "new_label_status": 403}))
+    refused = forge_call(sb, "POST", GH_ISSUES, {"title": "t", "labels": [LABEL]})
+    assert refused.status_code == 403 and sb.issues == []
+    assert forge_call(sb, "POST", GT_LABELS, {"name": LABEL, "color": "ededed"}).status_code == 403
+    assert forge_call(sb, "POST", GH_ISSUES, {"title": "t", "labels": ["bug"]}).status_code == 201
+    assert forge_call(sb, "POST", GH_ISSUES, {"title": "t"}).status_code == 201
+    assert [label["name"] for label in sb.labels] == ["bug"]
+
+
+def test_forge_seeded_issues_carry_their_body_state_and_comments(start):
+    issues = [
+        {
+            "title": "fleet-rollout: tenant reno-stars is quarantined",
+            "body": "streak 1",
+            "labels": [LABEL],
+            "comments": ["one", "two", "three"],
+        },
+        {"title": "fleet-rollout: tenant dune is quarantined", "labels": [LABEL], "state": "closed"},
+    ]
+    sb = start(dict(eight(), forge={"issues": issues}))
+    listed = forge_call(sb, "GET", GH_ISSUES, labels=LABEL).json()
+    assert [(i["number"], i["body"], i["comments"]) for i in listed] == [(1, "streak 1", 3)]
+    comments, answers = every_page(sb, GH_ISSUES + "/1/comments", per_page=2)
+    assert [c["body"] for c in comments] == ["one", "two", "three"] and len(answers) == 2
+    assert forge_call(sb, "GET", GT_ISSUES + "/2").json()["state"] == "closed"
+
+
+def test_forge_issue_calls_need_the_forge_token(start):
+    sb = start(dict(eight(), forge=FORGE))
+    for header in (None, "Bearer wrong", f"Bearer {sb.token}"):
+        headers = {"Authorization": header} if header else {}
+        for method, path in (("GET", GH_ISSUES), ("POST", GT_ISSUES), ("POST", GT_LABELS)):
+            response = requests.request(method, sb.url + path, headers=headers, json={"title": "t"}, timeout=5)
+            assert response.status_code == 401, (header, method, path)
+    assert sb.issues == [] and sb.labels == []
+
+
+def test_forge_issue_calls_that_cannot_be_answered(start):
+    sb = start(dict(eight(), forge=FORGE))
+    assert forge_call(sb, "GET", GH_ISSUES + "/7").status_code == 404
+    assert forge_call(sb, "POST", GH_ISSUES + "/7/comments", {"body": "x"}).status_code == 404
+    assert forge_call(sb, "DELETE", GH_ISSUES).status_code == 405
+    assert forge_call(sb, "POST", "/github/repos/acme/other/issues", {"title": "t"}).status_code == 404
+    assert forge_call(sb, "POST", GH_ISSUES, {"body": "no title"}).status_code == 422
+    assert forge_call(sb, "GET", GH_ISSUES, per_page="many").status_code == 422
+    broken = requests.post(
+        sb.url + GH_ISSUES, data=b"{", headers={"Authorization": f"token {sb.forge_token}"}, timeout=5
+    )
+    assert broken.status_code == 400
+    assert forge_call(sb, "POST", GH_ISSUES, {"title": "t"}).status_code == 201
+    assert forge_call(sb, "POST", GH_ISSUES + "/1/comments", {"body": " "}).status_code == 422
+    assert forge_call(sb, "PATCH", GH_ISSUES + "/1", {"state": "merged"}).status_code == 422
+    assert [(i["state"], i["comments"]) for i in sb.issues] == [("open", [])]
+
+
+@pytest.mark.parametrize("status", [403, 404, 500])
+def test_forge_issues_status_answers_every_issue_call(start, status):
+    sb = start(dict(eight(), forge=dict(FORGE, issues=quarantine_issues(1), issues_status=status)))
+    for method, path, body in (
+        ("GET", GH_ISSUES, None),
+        ("POST", GH_ISSUES, {"title": "t", "labels": [LABEL]}),
+        ("POST", GT_ISSUES + "/1/comments", {"body": "c"}),
+        ("PATCH", GT_ISSUES + "/1", {"state": "closed"}),
+        ("GET", GT_LABELS, None),
+    ):
+        assert forge_call(sb, method, path, body).status_code == status, (method, path)
+    assert forge_get(sb, "/github/repos/acme/platform/branches/main").status_code == 200
+    assert [(i["state"], i["comments"]) for i in sb.issues] == [("open", [])]
+    sb.set_issue_faults(issues_status=None)
+    assert forge_call(sb, "GET", GH_ISSUES).status_code == 200
+
+
+def test_forge_issue_write_status_fails_writes_only_and_is_settable_live(start):
+    sb = start(dict(eight(), forge=dict(FORGE, issues=quarantine_issues(1))))
+    response = requests.post(sb.url + "/sandbox/forge", json={"issue_write_status": 403}, timeout=5)
+    assert response.status_code == 200 and response.json()["issue_write_status"] == 403
+    assert forge_call(sb, "GET", GT_ISSUES, labels=LABEL, type="issues").status_code == 200
+    assert forge_call(sb, "POST", GT_ISSUES + "/1/comments", {"body": "c"}).status_code == 403
+    assert forge_call(sb, "PATCH", GH_ISSUES + "/1", {"state": "closed"}).status_code == 403
+    assert [(i["state"], i["comments"]) for i in sb.issues] == [("open", [])]
+    requests.post(sb.url + "/sandbox/forge", json={"issue_write_status": None}, timeout=5)
+    assert forge_call(sb, "PATCH", GH_ISSUES + "/1", {"state": "closed"}).status_code == 200
+    for bad in ({"issues_status": 99}, {"issue_write_status": "403"}, {"issues_delay": -1}, {"issues_delay": True}):
+        assert requests.post(sb.url + "/sandbox/forge", json=bad, timeout=5).status_code == 400, bad
+    with pytest.raises(ValueError):
+        sb.set_issue_faults(issues_status=1000)
+    with pytest.raises(ValueError):
+        sb.set_issue_faults(status=403)
+
+
+def test_forge_issues_delay_acts_then_keeps_the_caller_waiting(start):
+    sb = start(dict(eight(), forge=dict(FORGE, issues_delay=60)))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(
+            sb.url + GH_ISSUES,
+            json={"title": "t", "labels": [LABEL]},
+            headers={"Authorization": f"token {sb.forge_token}"},
+            timeout=(5, 0.5),
+        )
+    created = threading.Event()
+    for _ in range(500):  # the write happened before the wait: it shows up however loaded the machine
+        if sb.issues:
+            created.set()
+            break
+        created.wait(0.01)
+    assert created.is_set() and sb.issues[0]["title"] == "t"
+    sb.set_issue_faults(issues_delay=0)
+    assert forge_call(sb, "GET", GH_ISSUES).status_code == 200
+    assert forge_get(sb, "/github/repos/acme/platform/branches/main").status_code == 200
+
+
+def test_cli_issues_prints_the_issues_and_comments_of_a_running_sandbox(start):
+    sb = start(
+        dict(eight(), forge={"issues": quarantine_issues(1, body="streak 2", comments=["again"]), "pull_requests": 1})
+    )
+    done = run_cli("issues", "--url", sb.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"#1 open: fleet-rollout: tenant t0 is quarantined  [{LABEL}]  {sb.url}/acme/platform/issues/1",
+        "    streak 2",
+        f"  comment {sb.issues[0]['comments'][0]['id']}:",
+        "    again",
+    ]
+    every = run_cli("issues", "--url", sb.url, "--pull-requests", "--json")
+    assert [i["pull_request"] for i in json.loads(every.stdout)] == [False, True]
+    faults = run_cli("forge", "--url", sb.url, "--issues-status", "500", "--issues-delay", "0.5")
+    assert faults.returncode == 0, faults.stderr
+    assert sb.forge["issues_status"] == 500 and sb.forge["issues_delay"] == 0.5
+    run_cli("forge", "--url", sb.url, "--issues-status", "0")
+    assert sb.forge["issues_status"] is None
+    sb.stop()
+    gone = run_cli("issues", "--url", sb.url)
+    assert gone.returncode == 1 and "cannot read the issues" in gone.stderr
 
 
 # -- transport -------------------------------------------------------------------------------------
