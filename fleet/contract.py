@@ -23,7 +23,16 @@ SHOW_LIMIT = 80
 
 
 class ContractError(ValueError):
-    """Input that breaks the contract. The message is one line and safe to print."""
+    """Something that breaks the contract. The message is one line and safe to print. The checks here
+    raise it as it is; where the text came from decides which of the two below it becomes."""
+
+
+class BadInput(ContractError):
+    """The step's own input breaks the contract: exit 2, and nothing has moved."""
+
+
+class BadAnswer(ContractError):
+    """A peer's answer (the control plane's, the forge's, a tenant's) breaks the contract: exit 1."""
 
 
 def show(value: Any, limit: int = SHOW_LIMIT) -> str:

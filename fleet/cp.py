@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import contract, http, runner
-from fleet.contract import ContractError, show
+from fleet.contract import BadAnswer, ContractError, show
 
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 CONNECT_TIMEOUT = 10.0
@@ -149,7 +149,7 @@ class ControlPlane:
         try:
             return contract.enumerated(answer.document)
         except ContractError as exc:
-            raise self._fail(self.calls[-1], str(exc), ContractError) from None
+            raise self._fail(self.calls[-1], str(exc), BadAnswer) from None
 
     def redeploy(self, body: dict[str, Any], kind: str) -> Answer:
         """One call. 200 and 500 both carry the answer's shape (500: the call failed); a 400 is the
@@ -167,7 +167,7 @@ class ControlPlane:
         try:
             contract.validate("redeploy-response", doc, f"redeploy answer (HTTP {status}) rejected")
         except ContractError as exc:
-            raise self._fail(record, str(exc), ContractError) from None
+            raise self._fail(record, str(exc), BadAnswer) from None
         return Answer(status, doc)
 
     # -- plumbing ------------------------------------------------------------------------------

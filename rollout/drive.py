@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from fleet import runner
-from fleet.contract import ContractError, show, unnamed
+from fleet.contract import BadAnswer, ContractError, show, unnamed
 from fleet.cp import Answer, ControlPlane, CPError, CPRefused, NothingDone
 from fleet.tenant import REQUEST_SECONDS, health_problem
 from fleet.vocabulary import Mode, Outcome, RolloutVerdict, counted, listed
@@ -183,7 +183,7 @@ class _Driver:
         if nameless:
             # A row that names no tenant may be any of them: those without a row of their own are unknown.
             self.in_flight = [t.slug for t in tenants if t.outcome == Outcome.UNKNOWN]
-            raise ContractError(
+            raise BadAnswer(
                 f"the control plane's answer to {what} breaks the contract: a row names no tenant (no slug): "
                 f"{listed(nameless)}"
             )
