@@ -92,7 +92,7 @@ class Rollout(step.Step[Rolled]):
         if so_far is None or not so_far.touched:
             return f"{signal} before the rollout sent a real call; nothing was deployed"
         result = so_far.result
-        unknown = [t.slug for t in result.tenants.values() if t.outcome == Outcome.UNKNOWN] if result else []
+        unknown = [t.slug for t in result.outcomes.values() if t.outcome == Outcome.UNKNOWN] if result else []
         if not unknown:
             return f"{signal} between two calls of the rollout; no call was under way"
         named = listed(unknown)
@@ -102,7 +102,7 @@ class Rollout(step.Step[Rolled]):
         rolled = outcome or Rolled()
         result, ended = _ended(rolled, failure)
         settings = rolled.settings
-        tenants_known = settings is not None and settings.tenants is not None
+        tenants_known = settings is not None and settings.tenant_access is not None
         run = run_verdict(RolloutEnd(ended.verdict, ended.message, rolled.touched, tenants_known), None)
         path = given.values["report"] or report.default_path()
         doc = _report(rolled, result, ended, run, self.started)
@@ -114,7 +114,7 @@ class Rollout(step.Step[Rolled]):
             report=doc,
             outputs={
                 "ok": "true" if run.ok else "false",
-                "superseded": ended.superseded,
+                "superseded": ended.superseded_by,
                 "stragglers": json.dumps(stragglers),
                 "quarantined-count": str(len(stragglers)),
                 "report-path": path,
@@ -138,12 +138,12 @@ def _ended(rolled: Rolled, failure: step.Failure | None) -> tuple[Result | None,
     if rolled.halted is not None:
         return result, rolled.halted
     assert result is not None
-    return result, End(result.verdict, result.message, superseded=result.superseded)
+    return result, End(result.verdict, result.message, superseded_by=result.superseded_by)
 
 
 def _warnings(result: Result | None) -> list[str]:
     warnings = []
-    for tenant in result.tenants.values() if result else []:
+    for tenant in result.outcomes.values() if result else []:
         if tenant.outcome == Outcome.QUARANTINED:
             warnings.append(f"tenant {tenant.slug} quarantined, needs individual recovery: {tenant.reason}")
         elif tenant.outcome == Outcome.STRAGGLER:
@@ -173,7 +173,7 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
         "message": ended.message,
         "follow": run.follow,
         "touched": rolled.touched,
-        "superseded": ended.superseded,
+        "superseded": ended.superseded_by,
         "started_at": started,
         "finished_at": report.now(),
     }
@@ -183,7 +183,7 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
 def _outcomes(settings: Settings | None, result: Result) -> dict[str, Any]:
     """The tenants' part of the report: each one's outcome, the stragglers with the one command that
     redeploys them strictly and verifies them, and the tenants a call reached outside its scope."""
-    part: dict[str, Any] = {"tenants": [t.record() for t in result.tenants.values()]}
+    part: dict[str, Any] = {"tenants": [t.record() for t in result.outcomes.values()]}
     stragglers = result.stragglers()
     if stragglers:
         part["stragglers"] = stragglers

@@ -66,7 +66,7 @@ class Settings:
     cp_url: str
     target_tag: str
     expected_sha: str | None
-    tenants: TenantAccess | None  # None: no tenant URL template, so no soak polling and no verify
+    tenant_access: TenantAccess | None  # None: no tenant URL template, so no soak polling and no verify
     canary_slug: str
     soak_seconds: int
     batch_size: int
@@ -99,18 +99,18 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
     if canary:
         contract.check_slug(canary, "canary-slug")
     slugs = read.slugs("slugs")
-    tenants = inputs.tenant_access(values)
-    if tenants is not None:
+    access = inputs.tenant_access(values)
+    if access is not None:
         verify_settings(values)  # verify's inputs fail here, before the fleet moves
     verify_after = read.boolean("verify")
-    if verify_after and tenants is None:
+    if verify_after and access is None:
         raise BadInput("verify true needs tenant-url-template: the tenants to poll")
     sha = read.text("expected-sha")
     return Settings(
         cp_url=cp_url,
         target_tag=tag,
         expected_sha=inputs.expected_sha(sha) if sha else None,
-        tenants=tenants,
+        tenant_access=access,
         canary_slug=canary,
         soak_seconds=read.integer("soak-seconds"),
         batch_size=read.integer("batch-size"),
@@ -271,7 +271,7 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "dry_run": settings.dry_run,
         "budget": {"requested": settings.budget.text, "source": settings.budget.source},
-        "tenant_url_template": settings.tenants.template if settings.tenants else "",
+        "tenant_url_template": settings.tenant_access.template if settings.tenant_access else "",
     }
     if plan is not None:
         record["budget"]["resolved"] = plan.budget

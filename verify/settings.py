@@ -17,7 +17,7 @@ from fleet.vocabulary import Follow, Outcome
 @dataclass(frozen=True)
 class Settings:
     expected_sha: str
-    tenants: TenantAccess
+    tenant_access: TenantAccess
     timeout: float
     interval: float
     concurrency: int
@@ -29,12 +29,12 @@ def settings_from(values: Mapping[str, str]) -> Settings:
     """Typed settings; the first bad input is a ContractError naming it. The rollout calls this too, so
     a bad verify input fails before the fleet moves."""
     read = inputs.Typed(values)
-    tenants = inputs.tenant_access(values)
-    if tenants is None:
+    access = inputs.tenant_access(values)
+    if access is None:
         raise BadInput("tenant-url-template is required to verify")
     return Settings(
         expected_sha=inputs.expected_sha(inputs.required("expected-sha", read.text("expected-sha"))),
-        tenants=tenants,
+        tenant_access=access,
         timeout=read.seconds("verify-timeout-seconds"),
         interval=read.seconds("poll-interval-seconds"),
         concurrency=read.integer("concurrency"),
@@ -48,7 +48,7 @@ class Scope:
     """What verify covers: the tenants, the quarantined ones, where they came from, and, in a survey
     after a failed rollout, what the rollout did to each."""
 
-    tenants: list[str]
+    slugs: list[str]
     quarantined: list[str]
     source: str
     survey: str = ""  # what failed, when this is a survey: the rollout's verdict, or the answer's ok: false
