@@ -52,7 +52,7 @@ def is_slug(value: Any) -> bool:
 def check_slug(value: Any, what: str) -> str:
     if not is_slug(value):
         raise ContractError(f"{what}: invalid slug {show(value)} (must be a DNS label: a-z, 0-9, '-')")
-    return value
+    return str(value)
 
 
 def parse_slug_list(text: str, what: str) -> list[str]:
@@ -88,8 +88,8 @@ def unique_slugs(slugs: Iterable[str], what: str) -> list[str]:
     return out
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    doc: dict = {}
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
             raise ContractError(f"duplicate key {show(key)}")

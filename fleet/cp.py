@@ -102,7 +102,8 @@ class Answer:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return self.document["results"]
+        rows: list[dict[str, Any]] = self.document["results"]
+        return rows
 
     @property
     def error(self) -> str:

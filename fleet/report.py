@@ -75,4 +75,5 @@ def read(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise contract.BadInput(f"cannot read report {contract.show(path)}: {exc.strerror}") from None
     doc = contract.parse_json(raw, f"report {contract.show(path)}")
-    return contract.validate("report", doc, f"report {contract.show(path)} rejected")
+    checked: dict[str, Any] = contract.validate("report", doc, f"report {contract.show(path)} rejected")
+    return checked

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fleet import runner
 from fleet.contract import BadAnswer, ContractError, show, unnamed
@@ -104,7 +105,7 @@ def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, gate
     return driver.result(end)
 
 
-def _cannot_scope(body: dict, what: str) -> End:
+def _cannot_scope(body: dict[str, Any], what: str) -> End:
     return End(
         RolloutVerdict.CANNOT_SCOPE,
         f"the control plane cannot scope a call: asked for only_slugs {listed(body['only_slugs'])} in a dry run, "
@@ -161,7 +162,9 @@ class _Driver:
                 self.outcomes[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, f"not attempted: {cause}", self.step)
         return self.result(End(RolloutVerdict.FAILED, cause, "not attempted: the rollout broke off"))
 
-    def call(self, body: dict, kind: str, slugs: list[str], what: str, step: str) -> tuple[Answer, End | None]:
+    def call(
+        self, body: dict[str, Any], kind: str, slugs: list[str], what: str, step: str
+    ) -> tuple[Answer, End | None]:
         """One call (`step` of the rollout), its rows judged into the tenants' outcomes, and its answer
         into whether the rollout ends there. Before a real call the gate is asked."""
         dry = bool(body.get("dry_run"))
@@ -173,7 +176,9 @@ class _Driver:
         self.take(tenants)
         return answer, self.judge(body, answer, tenants, outside, what)
 
-    def judge(self, body: dict, answer: Answer, tenants: list[Tenant], outside: list[str], what: str) -> End | None:
+    def judge(
+        self, body: dict[str, Any], answer: Answer, tenants: list[Tenant], outside: list[str], what: str
+    ) -> End | None:
         """A real call that answers for tenants outside its only_slugs has widened, and the rollout halts
         there; one that answers a row without a slug breaks the contract, and the rollout breaks off
         there."""
@@ -192,7 +197,7 @@ class _Driver:
         self.unlisted(outside)
         return None
 
-    def rehearsed(self, body: dict, answer: Answer, outside: list[str], what: str) -> End | None:
+    def rehearsed(self, body: dict[str, Any], answer: Answer, outside: list[str], what: str) -> End | None:
         """A dry run shows a plan that would not hold when a scoped one answers beyond its tenants, or
         when the control plane rejects it."""
         nameless = unnamed(answer.rows)
@@ -221,7 +226,7 @@ class _Driver:
             f"not attempted: the rollout halted when {what} widened",
         )
 
-    def probe(self, body: dict, slugs: list[str]) -> End | None:
+    def probe(self, body: dict[str, Any], slugs: list[str]) -> End | None:
         """Before the first real scoped call, its dry run must answer for exactly its tenants."""
         try:
             answer = self.cp.redeploy(planning.probe_body(body), "probe")
