@@ -35,6 +35,11 @@ class BadAnswer(ContractError):
     """A peer's answer (the control plane's, the forge's, a tenant's) breaks the contract: exit 1."""
 
 
+class PeerFailed(Exception):
+    """A call to a peer that failed (the control plane's client raises its own kind): exit 1. Here, so a
+    step can tell it apart without importing the client."""
+
+
 def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     """A value as a short, escaped, single-line literal for error messages."""
     text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)

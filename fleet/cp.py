@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import contract, http, runner
-from fleet.contract import BadAnswer, ContractError, show
+from fleet.contract import BadAnswer, ContractError, PeerFailed, show
 
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 CONNECT_TIMEOUT = 10.0
 
 
-class CPError(Exception):
+class CPError(PeerFailed):
     """A control-plane call that failed; the message is one line that names the cause."""
 
 
