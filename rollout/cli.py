@@ -174,6 +174,7 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
         "follow": run.follow,
         "touched": rolled.touched,
         "superseded": ended.superseded_by,
+        "batch_sizes": result.batch_sizes if result is not None else [],  # each batch as sent (waves)
         "started_at": started,
         "finished_at": report.now(),
     }

@@ -32,6 +32,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)  # tenants a real call touched outside its scope
     superseded_by: str = ""  # the run stood down: the deployed branch's newer head (a tenant on it is State.SUPERSEDED)
+    batch_sizes: list[int] = field(default_factory=list)  # each batch's size as sent, in order
 
     def stragglers(self) -> list[str]:
         """Every tenant that failed its redeploy: quarantined ones included."""
@@ -137,12 +138,13 @@ class _Driver:
         self.outcomes = {slug: Tenant(slug, Outcome.NOT_ATTEMPTED, "not attempted") for slug in plan.scope}
         self.notes = list(plan.notes)
         self.outside: list[str] = []
+        self.sizes: list[int] = []  # each batch's size as sent
         self.in_flight: list[str] = []  # the tenants of the call under way
         self.step: str | None = None  # that call's step: canary, batch 2/3, fleet
 
     def result(self, end: End) -> Result:
         outcomes = Result(self.outcomes, end.verdict, end.message).left(end.left)
-        return Result(outcomes, end.verdict, end.message, self.notes, self.outside, end.superseded_by)
+        return Result(outcomes, end.verdict, end.message, self.notes, self.outside, end.superseded_by, self.sizes)
 
     def take(self, tenants: list[Tenant]) -> None:
         for tenant in tenants:
@@ -313,17 +315,23 @@ class _Driver:
         )
 
     def batches(self) -> End:
-        """The schedule, batch after batch, each call carrying the budget still unspent."""
+        """The schedule, batch after batch, each call carrying the budget still unspent; a batch that
+        quarantined a straggler sets the next one back to batch-size."""
         spent: list[str] = []
-        for batch in self.plan.schedule:
+        batch = self.plan.schedule.first()
+        while batch is not None:
             unspent = self.plan.budget - len(spent)
-            runner.log(f"{batch.step}: {listed(batch.slugs)} (budget left {unspent})")
+            size = counted(len(batch.slugs), "tenant")
+            runner.log(f"{batch.step}: {listed(batch.slugs)} ({size}, budget left {unspent})")
+            self.sizes.append(len(batch.slugs))
             body = planning.batch_body(self.settings, batch.slugs, unspent)
             answer, halted = self.call(body, "batch", batch.slugs, batch.call, batch.step)
-            spent += [s for s in batch.slugs if self.outcomes[s].outcome == Outcome.STRAGGLER]
+            straggled = [s for s in batch.slugs if self.outcomes[s].outcome == Outcome.STRAGGLER]
+            spent += straggled
             halted = halted or self.held(answer, batch.slugs, spent, batch)
             if halted:
                 return halted
+            batch = self.plan.schedule.after(batch, straggled=bool(straggled))
         return self.finish(spent)
 
     def fleet(self) -> End:
@@ -382,6 +390,8 @@ class _Driver:
     def planned(self, calls: int) -> End:
         """A dry run's verdict, and its plan in the log: which tenants in which call, in order."""
         plan = self.plan
+        if plan.mode == Mode.SCOPED:
+            runner.log(f"plan: {planning.schedule_line(plan)}")
         for line in planning.plan_lines(self.settings, plan):
             runner.log(f"plan: {line}")
         return End(

@@ -15,6 +15,7 @@ from fleet.contract import BadInput, show
 from fleet.markdown import MORE, SHOWN
 from fleet.tenant import REQUEST_SECONDS, TenantAccess
 from fleet.vocabulary import Mode, counted, listed
+from rollout.waves import CapSpec, Waves, parse_cap, sizes_line
 from verify.settings import settings_from as verify_settings
 
 BUDGET_ENV = "PROD_AUTO_DEPLOY_MAX_STRAGGLERS"
@@ -70,6 +71,8 @@ class Settings:
     canary_slug: str
     soak_seconds: int
     batch_size: int
+    batch_growth: Decimal  # waves: 1 keeps fixed batches
+    max_batch: CapSpec
     budget: BudgetSpec
     mode: str
     slugs: list[str] | None
@@ -106,6 +109,11 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
     if verify_after and access is None:
         raise BadInput("verify true needs tenant-url-template: the tenants to poll")
     sha = read.text("expected-sha")
+    growth, cap = read.number("batch-growth"), parse_cap(read.text("max-batch-size"))
+    if read.text("mode") == Mode.FLEET and (growth != 1 or cap.text):
+        raise BadInput(
+            "batch-growth and max-batch-size need mode: scoped: in fleet mode the control plane drives the batches"
+        )
     return Settings(
         cp_url=cp_url,
         target_tag=tag,
@@ -114,6 +122,8 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
         canary_slug=canary,
         soak_seconds=read.integer("soak-seconds"),
         batch_size=read.integer("batch-size"),
+        batch_growth=growth,
+        max_batch=cap,
         budget=choose_budget(read.text("max-stragglers"), environ),
         mode=read.text("mode"),
         slugs=slugs,
@@ -132,10 +142,12 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch of the schedule: its place (`number` of `of`) and its tenants, in fleet order."""
+    """One batch of the schedule: its place (`number` of `of`, the batches there are if nothing more
+    straggles), where it starts among the schedule's tenants, and its tenants, in fleet order."""
 
     number: int
     of: int
+    start: int
     slugs: list[str]
 
     @property
@@ -150,25 +162,46 @@ class Batch:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The batches after the canary, in order: the plan cuts them, the drive walks them."""
+    """The batches after the canary: their tenants in order and the rule that sizes each batch (waves).
+    The plan makes it; the drive walks it, telling it after each batch whether that one quarantined a
+    straggler (which sets the next back to batch-size). Iterated, it is the plan if nothing straggles."""
 
-    cuts: tuple[tuple[str, ...], ...]
+    tenants: tuple[str, ...]
+    waves: Waves
+
+    def first(self) -> Batch | None:
+        return self._batch(1, 0, None, straggled=False)
+
+    def after(self, batch: Batch, *, straggled: bool) -> Batch | None:
+        """The batch after `batch`, None when none is left."""
+        return self._batch(batch.number + 1, batch.start + len(batch.slugs), len(batch.slugs), straggled=straggled)
+
+    def _batch(self, number: int, start: int, previous: int | None, *, straggled: bool) -> Batch | None:
+        ahead = self.waves.sizes(len(self.tenants) - start, previous, straggled=straggled)
+        if not ahead:
+            return None
+        return Batch(number, number - 1 + len(ahead), start, list(self.tenants[start : start + ahead[0]]))
 
     def __iter__(self) -> Iterator[Batch]:
-        for number, cut in enumerate(self.cuts, start=1):
-            yield Batch(number, len(self.cuts), list(cut))
+        batch = self.first()
+        while batch is not None:
+            yield batch
+            batch = self.after(batch, straggled=False)
 
     def __len__(self) -> int:
-        return len(self.cuts)
+        return len(self.waves.sizes(len(self.tenants)))
+
+    def sizes(self) -> list[int]:
+        """The batch sizes if nothing straggles."""
+        return self.waves.sizes(len(self.tenants))
+
+    def most_calls(self) -> int:
+        """The most batches it can take, were every batch the smallest (stragglers set growth back)."""
+        return math.ceil(len(self.tenants) / self.waves.smallest) if self.tenants else 0
 
     def left_after(self, batch: Batch) -> int:
         """How many tenants the batches after `batch` hold: they stay on their old build if it halts."""
-        return sum(len(cut) for cut in self.cuts[batch.number :])
-
-
-def cut(tenants: list[str], size: int) -> Schedule:
-    """Batches of `size` tenants, the last one shorter."""
-    return Schedule(tuple(tuple(tenants[i : i + size]) for i in range(0, len(tenants), size)))
+        return len(self.tenants) - batch.start - len(batch.slugs)
 
 
 @dataclass
@@ -183,7 +216,8 @@ class Plan:
 
     @property
     def batches(self) -> list[list[str]]:
-        return [list(c) for c in self.schedule.cuts]
+        """The batches if nothing straggles."""
+        return [batch.slugs for batch in self.schedule]
 
 
 def make_plan(settings: Settings, fleet: list[str]) -> Plan:
@@ -196,7 +230,8 @@ def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     if canary and canary not in scope:
         notes.append(f"canary {canary} is outside the scope (slugs) and is not redeployed")
         canary = ""
-    schedule = cut([s for s in scope if s != canary], settings.batch_size)
+    waves = Waves(settings.batch_size, settings.batch_growth, settings.max_batch.resolve(len(scope)))
+    schedule = Schedule(tuple(s for s in scope if s != canary), waves)
     mode = Mode(settings.mode)
     return Plan(mode, scope, canary, schedule, settings.budget.resolve(len(scope)), len(fleet), notes)
 
@@ -207,7 +242,8 @@ RUN_MARGIN_SECONDS = 60.0
 def run_seconds(settings: Settings, plan: Plan) -> float:
     """The rollout's deadline after planning: each call (the scope probe included) may take
     cp-timeout-seconds, the canary soak its soak-seconds plus one health request, and a margin."""
-    calls = 1 if settings.mode == "fleet" else len(plan.batches) + (1 if plan.canary else 0)
+    # Stragglers set growth back, so a growing schedule can take up to as many calls as its smallest batches.
+    calls = 1 if settings.mode == "fleet" else plan.schedule.most_calls() + (1 if plan.canary else 0)
     calls += 1 if probes(settings) else 0
     soaks = plan.canary and settings.mode == "scoped" and settings.soak_seconds
     soak = settings.soak_seconds + REQUEST_SECONDS if soaks else 0
@@ -269,6 +305,8 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
         "canary_slug": settings.canary_slug,
         "soak_seconds": settings.soak_seconds,
         "batch_size": settings.batch_size,
+        "batch_growth": str(settings.batch_growth),
+        "max_batch_size": settings.max_batch.text,
         "dry_run": settings.dry_run,
         "budget": {"requested": settings.budget.text, "source": settings.budget.source},
         "tenant_url_template": settings.tenant_access.template if settings.tenant_access else "",
@@ -299,3 +337,9 @@ def plan_lines(settings: Settings, plan: Plan) -> list[str]:
     if len(plan.schedule) > SHOWN:
         lines.append(f"… and {counted(len(plan.schedule) - SHOWN, 'more call')}, see the report")
     return lines
+
+
+def schedule_line(plan: Plan) -> str:
+    """The batches' sizes if nothing straggles (`3, 6, 12, …, 384, 235`), and how many calls they take."""
+    sizes = plan.schedule.sizes()
+    return f"batch sizes if nothing straggles: {sizes_line(sizes)}: {counted(len(sizes), 'call')}"

@@ -9,9 +9,10 @@ from fleet import markdown
 from fleet.inputs import INPUTS, value_of
 from fleet.runner import md
 from fleet.verdict import RunVerdict
-from fleet.vocabulary import Outcome, RolloutVerdict
+from fleet.vocabulary import Mode, Outcome, RolloutVerdict
 from rollout.drive import Result
-from rollout.plan import Plan, Settings, plan_lines
+from rollout.plan import Plan, Settings, plan_lines, schedule_line
+from rollout.waves import sizes_line
 
 ICONS: dict[str, str] = {
     RolloutVerdict.SHIPPED: "✅",
@@ -44,7 +45,9 @@ def render(run: RunVerdict, settings: Settings | None, plan: Plan | None, result
         return "\n".join(parts)
     parts += _counts(run.ok, settings, plan, result)
     if settings.dry_run:
-        parts += ["### The plan", ""] + [f"1. {md(line)}" for line in plan_lines(settings, plan)] + [""]
+        lines = [f"1. {md(line)}" for line in plan_lines(settings, plan)]
+        schedule = [md(schedule_line(plan)), ""] if plan.mode == Mode.SCOPED else []
+        parts += ["### The plan", "", *schedule, *lines, ""]
     parts += _stragglers(run.ok, settings, result)
     parts += _outside(result.outside)
     parts += [f"> {md(line)}" for line in result.notes]
@@ -64,6 +67,8 @@ def _counts(ok: bool, settings: Settings, plan: Plan, result: Result) -> list[st
     ]
     if settings.dry_run:
         rows.insert(1, ("In the dry run's plan", result.count(Outcome.DRY_RUN)))
+    if result.batch_sizes:  # as sent: a straggler sets a growing schedule back
+        rows.append(("Batch sizes", f"{sizes_line(result.batch_sizes)} ({len(result.batch_sizes)} batches)"))
     return [markdown.table(("", "count"), rows), ""]
 
 

@@ -63,15 +63,21 @@ class Waves:
             size = min(size, self.cap)
         return max(0, min(size, left))
 
-    def sizes(self, total: int) -> list[int]:
-        """The batch sizes for `total` tenants if nothing straggles."""
+    def sizes(self, total: int, previous: int | None = None, *, straggled: bool = False) -> list[int]:
+        """The batch sizes for `total` tenants if nothing (more) straggles, after a batch planned at
+        `previous` (None: from the first batch)."""
         sizes: list[int] = []
         left = total
         while left > 0:
-            size = self.next_size(sizes[-1] if sizes else None, left)
+            size = self.next_size(sizes[-1] if sizes else previous, left, straggled=straggled and not sizes)
             sizes.append(size)
             left -= size
         return sizes
+
+    @property
+    def smallest(self) -> int:
+        """The smallest batch but the last: batch-size, or the cap when it is smaller."""
+        return min(self.first, self.cap) if self.cap is not None else self.first
 
 
 def cut(tenants: list[str], sizes: list[int]) -> list[list[str]]:

@@ -220,7 +220,9 @@ def test_a_dry_run_prints_its_plan_call_by_call_in_the_log_and_the_summary(start
         "call 4 (batch 3): harbor",
     ]
     assert [line for line in run.log.splitlines() if line.startswith("plan: call ")] == [f"plan: {c}" for c in calls]
-    plan = run.summary.split("### The plan\n\n", 1)[1].split("\n\n", 1)[0]
+    schedule, plan = run.summary.split("### The plan\n\n", 1)[1].split("\n\n", 2)[:2]
+    assert schedule == "batch sizes if nothing straggles: 3, 3, 1: 3 calls"
+    assert "plan: batch sizes if nothing straggles: 3, 3, 1: 3 calls" in run.log
     assert plan.splitlines() == [f"1. {c}" for c in calls]
     assert "dry run: 8 tenants planned in 4 calls; nothing was deployed" in run.log
 
