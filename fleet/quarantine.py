@@ -164,15 +164,24 @@ def merged(before: Any, record: Record) -> dict[str, Any]:
     }
 
 
+def section(record: Record | None) -> str:
+    """The summary's section of a step that kept the ledger (none when it did not)."""
+    return summary(record.part()) if record is not None else ""
+
+
+def warnings(record: Record | None) -> list[str]:
+    return list(record.warnings) if record is not None else []
+
+
 ACTIONS = {"opened": "opened", "commented": "commented on", "closed": "closed"}
 _SLUG = re.compile(r"[^\w.-]")
 
 
 def summary(part: dict[str, Any] | None) -> str:
-    """The summary's section on the ledger: each issue and what was done to it, and its warnings."""
+    """The section a step's summary ends with: each issue and what was done to it, and the warnings."""
     if not part or not (part.get("issues") or part.get("warnings")):
         return ""
-    lines = ["### Quarantine ledger", ""]
+    lines = ["", "", "### Quarantine ledger", ""]
     for entry in part.get("issues", [])[: markdown.SHOWN]:
         streak = entry.get("streak")
         said = f", streak {streak}" if streak else ""

@@ -109,8 +109,11 @@ class Run:
     def assert_outputs(self, **expected: str) -> None:
         assert set(self.outputs) == {
             "ok", "superseded", "stragglers", "quarantined-count", "verified-count", "failed-count", "report-path",
+            "chronic",
         }  # fmt: skip
-        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k not in ("report-path", "superseded")}
+        assert self.outputs["chronic"] == expected.pop("chronic", "[]"), self.log
+        skip = ("report-path", "superseded", "chronic")
+        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k not in skip}
         assert self.outputs["superseded"] == "", self.log
         assert got == expected, self.log
         assert self.outputs["report-path"].endswith(".json")
@@ -428,7 +431,7 @@ def test_the_last_step_without_a_prepared_python_says_the_rollout_did_not_run_an
     outputs, summary, _ = finish(tmp_path, FLEET_PYTHON="", FLEET_STATE="", FLEET_REPORT="", ROLLOUT_OUTCOME="skipped")
     assert outputs == {
         "ok": "false", "superseded": "", "stragglers": "[]", "quarantined-count": "0", "verified-count": "",
-        "failed-count": "", "report-path": "",
+        "failed-count": "", "report-path": "", "chronic": "[]",
     }  # fmt: skip
     assert summary == "### Fleet rollout did not run: the log of the step that failed before it says why\n"
 
@@ -440,8 +443,13 @@ def test_the_last_step_reads_the_runs_verdict_from_the_report_and_decides_nothin
                            VERIFY_OUTCOME="success")  # fmt: skip
     assert outputs == {
         "ok": "true", "superseded": "", "stragglers": '["reno-stars"]', "quarantined-count": "1",
-        "verified-count": "7", "failed-count": "0", "report-path": report,
+        "verified-count": "7", "failed-count": "0", "report-path": report, "chronic": "[]",
     }  # fmt: skip
+    # The chronic tenants are the quarantine ledger's, as the report holds them.
+    ledger = {"label": "l", "issues": [], "streaks": {"reno-stars": 3}, "chronic": ["reno-stars"], "warnings": []}
+    report = run_report(tmp_path, ok=False, stragglers=["reno-stars"], ledger=ledger)
+    outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="failure")
+    assert outputs["chronic"] == '["reno-stars"]' and outputs["ok"] == "false"
     # The report's `ok` is the verdict, whatever the steps' outcomes were.
     report = run_report(tmp_path, ok=False, verify=VERIFIED)
     outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="success",

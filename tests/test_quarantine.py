@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import pytest
 from faultservers import json_reply
+from support import SHA, TAG, StepRun, run_step
 
 from fleet import forge, ledger
 from fleet.contract import ContractError
 from fleet.forge import Forge, ForgeError, Where
 from fleet.quarantine import LedgerSettings, Record, keep, ledger_settings, merged, run_url, summary
-from sandbox import Sandbox
+from rollout.cli import main as rollout_main
+from sandbox import Sandbox, load_scenario
 
 LABEL = "fleet-quarantine"
 WHERE = Where("acme/platform", "main")
-SHA = "ab" * 20
 RUN = "http://forge.example/acme/platform/actions/runs/7"
 DIALECTS = ["github", "gitea"]
 
@@ -324,3 +325,122 @@ def test_a_second_step_adds_its_closes_and_warnings_to_the_rollouts_part():
     shown = summary(part)
     assert "`a`: issue #1 opened, streak 2: u1" in shown and "`b`: issue #2 closed: u2" in shown and "⚠️ w" in shown
     assert summary(Record(LABEL, None).part()) == ""
+
+
+# -- the steps keep it ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def step(tmp_path, capsys, monkeypatch):
+    """Run `python -m rollout` in-process as a runner would, with the ledger kept on the sandbox's forge."""
+    for name in ("GITHUB_REF", "PROD_AUTO_DEPLOY_MAX_STRAGGLERS", "PROD_AUTO_DEPLOY_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    runs = iter(range(1, 100))
+
+    def _run(sb: Sandbox, dialect: str, *flags: str) -> StepRun:
+        env = {
+            "GITHUB_REPOSITORY": "acme/platform", "GITHUB_REF_NAME": "main", "GITHUB_REF_TYPE": "branch",
+            "API_TOKEN": sb.forge_token, "GITHUB_SERVER_URL": "https://forge.example", "GITHUB_RUN_ID": str(next(runs)),
+        }  # fmt: skip
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        argv = [
+            "--cp-url", sb.url, "--target-tag", TAG, "--expected-sha", SHA, "--soak-seconds", "0",
+            "--api-url", sb.github_api_url if dialect == "github" else sb.gitea_api_url,
+            "--tenant-url-template", sb.tenant_url_template, "--poll-interval-seconds", "0.2",
+            "--verify-timeout-seconds", "10", "--report", str(tmp_path / "report.json"),
+            "--quarantine-issues", "true", *flags,
+        ]  # fmt: skip
+        return run_step(rollout_main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=sb.token)
+
+    return _run
+
+
+def incident() -> dict:
+    spec = load_scenario("incident")
+    spec["forge"] = {"repository": "acme/platform", "branch": "main", "head": SHA}
+    return spec
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_the_steps_open_comment_escalate_and_the_recovery_command_closes(start, step, dialect):
+    sb = start(incident())
+    first = step(sb, dialect, "--canary-slug", "acme", "--max-quarantine-streak", "2")
+    assert first.code == 0 and first.report["rollout"]["verdict"] == "shipped-with-quarantine"
+    assert [(e["tenant"], e["action"], e["streak"]) for e in first.report["ledger"]["issues"]] == [
+        ("reno-stars", "opened", 1)
+    ]
+    assert "### Quarantine ledger" in first.summary and "issue #1 opened, streak 1" in first.summary
+    assert "- **Run:** https://forge.example/acme/platform/actions/runs/1" in sb.issues[0]["body"]
+
+    second = step(sb, dialect, "--canary-slug", "acme", "--max-quarantine-streak", "2")
+
+    # Shipped to every other tenant, then failed: one ::error:: names the tenant, its streak and its issue.
+    assert second.code == 1 and second.outputs["ok"] == "false"
+    assert second.report["rollout"]["verdict"] == second.report["verdict"] == "shipped-with-chronic-straggler"
+    assert second.report["ledger"]["chronic"] == ["reno-stars"] and len(sb.issues) == 1
+    assert all(sb.tenant_state(s)["serving_sha"] == SHA for s in sb.slugs if s != "reno-stars")
+    (error,) = second.errors()
+    assert "tenant reno-stars has been quarantined by 2 rollouts in a row (max-quarantine-streak 2)" in error
+    assert error.endswith(sb.issues[0]["html_url"])
+    assert second.report["rollout"]["follow"] == "check"  # the fleet shipped: verify checks it all the same
+
+    sb.set_behaviour("reno-stars", "healthy")
+    recovery = step(sb, dialect, "--slugs", "reno-stars", "--max-stragglers", "0", "--verify", "true")
+
+    assert recovery.code == 0, recovery.log
+    closed = [e for e in recovery.report["ledger"]["issues"] if e["action"] == "closed"]
+    assert [e["tenant"] for e in closed] == ["reno-stars"] and sb.issues[0]["state"] == "closed"
+    assert "https://forge.example/acme/platform/actions/runs/3" in sb.issues[0]["comments"][-1]["body"]
+    for text in (recovery.log, repr(recovery.report), repr(sb.issues), first.log, second.log):
+        assert sb.token not in text and sb.forge_token not in text
+
+
+def test_the_recovery_command_names_the_ledgers_forge(start, step):
+    sb = start(incident())
+    run = step(sb, "github", "--canary-slug", "acme")
+    assert f"--quarantine-issues true --api-url {sb.github_api_url} --slugs reno-stars" in run.report["recovery"]
+
+
+def test_a_verify_that_fails_closes_nothing(start, step):
+    sb = start(incident())
+    step(sb, "github", "--slugs", "acme,reno-stars", "--max-stragglers", "1")  # birch keeps its old build
+    sb.set_behaviour("reno-stars", "healthy")
+    sb.set_behaviour("birch", "stale")  # the control plane says it moved; it still serves the old build
+    run = step(sb, "github", "--slugs", "reno-stars,birch", "--max-stragglers", "0", "--verify", "true",
+               "--verify-timeout-seconds", "1")  # fmt: skip
+    assert run.code == 1 and run.report["rollout"]["verdict"] == "shipped" and run.report["verify"]["ok"] is False
+    # reno-stars was redeployed and verified, but by a run that did not succeed: its issue stays open
+    assert sb.issues[0]["state"] == "open" and run.report["ledger"]["issues"] == []
+
+
+@pytest.mark.parametrize("faults", [{"issues_status": 403}, {"issues_status": 500}])
+def test_a_tracker_that_fails_leaves_the_verdict_and_the_exit_code_as_they_were(start, step, faults):
+    sb = start(incident())
+    sb.set_issue_faults(**faults)
+    run = step(sb, "gitea", "--canary-slug", "acme", "--max-quarantine-streak", "1")
+    assert run.code == 0 and run.report["verdict"] == "shipped-with-quarantine" and run.outputs["ok"] == "true"
+    ledger_warnings = [w for w in run.warnings() if "quarantine ledger" in w]
+    assert len(ledger_warnings) == 1 and ledger_warnings[0].endswith("the max-quarantine-streak check was skipped")
+    assert run.report["ledger"]["escalation_checked"] is False and run.report["ledger"]["chronic"] == []
+
+
+def test_a_systemic_rollout_opens_no_issue_and_adds_no_comment(start, step):
+    spec = incident()
+    body = "<!-- fleet-rollout:streak=1 -->"
+    spec["forge"]["issues"] = [{"title": ledger.title("reno-stars"), "labels": [LABEL], "body": body}]
+    sb = start(spec)
+    run = step(sb, "github", "--canary-slug", "acme", "--max-stragglers", "0")
+    assert run.code == 1 and run.report["rollout"]["verdict"] == "systemic"
+    assert sb.forge_calls == [c for c in sb.forge_calls if "/issues" not in c["path"]]  # no issue call at all
+    assert sb.issues[0]["comments"] == [] and len(sb.issues) == 1
+
+
+def test_a_dry_run_or_a_run_limited_to_other_tenants_leaves_the_issue_and_its_streak(start, step):
+    spec = incident()
+    body = "<!-- fleet-rollout:streak=4 -->"
+    spec["forge"]["issues"] = [{"title": ledger.title("reno-stars"), "labels": [LABEL], "body": body}]
+    sb = start(spec)
+    step(sb, "github", "--canary-slug", "acme", "--dry-run")
+    step(sb, "github", "--slugs", "birch,cobalt", "--max-stragglers", "0")
+    assert sb.issues[0]["state"] == "open" and sb.issues[0]["body"] == body and sb.issues[0]["comments"] == []
