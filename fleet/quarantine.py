@@ -87,6 +87,7 @@ class Record:
             "streaks": self.streaks,
             "chronic": self.chronic,
             "escalation_checked": self.checked and self.limit is not None,
+            "complete": self.checked,  # every call went through
             "warnings": self.warnings,
         }
 

@@ -119,60 +119,71 @@ class Run:
         assert self.outputs["report-path"].endswith(".json")
 
 
-def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, forge: dict | None = None, **inputs: str) -> Run:
-    runner, head = act
+def act_scenario(act: tuple[Act, str], preset: str, forge: dict | None = None) -> tuple[dict, str]:
+    """The preset with a fresh control-plane token; the sandbox plays the forge too: act names the
+    repository nektos/act and the branch main."""
     scenario = load_scenario(preset)
     token = "cp-" + secrets.token_hex(16)
     scenario["token"] = token
-    # The sandbox plays the forge too: act names the repository nektos/act and the branch main.
     scenario["forge"] = {
         **scenario["forge"],
         "repository": "nektos/act",
         "branch": "main",
-        "head": head,
+        "head": act[1],
         **(forge or {}),
     }
+    return scenario, token
+
+
+def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, forge: dict | None = None, **inputs: str) -> Run:
+    scenario, token = act_scenario(act, preset, forge)
     with Sandbox(scenario) as sandbox:
-        with_inputs = {
-            "cp-url": sandbox.url,
-            "cp-token": "${{ env.FLEET_TOKEN }}",
-            "api-url": sandbox.github_api_url,
-            "api-token": sandbox.forge_token,
-            "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
-            "tenant-url-template": sandbox.tenant_url_template,
-            "canary-slug": "acme",
-            "soak-seconds": "0",
-            "max-stragglers": "1",
-            "poll-interval-seconds": "0.2",
-            "verify-timeout-seconds": "20",
-            **inputs,
-        }
-        workflow = {
-            "on": "push",
-            "jobs": {
-                "deploy": {
-                    "runs-on": "ubuntu-latest",
-                    "steps": [
-                        {"uses": "actions/checkout@v4"},
-                        {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
-                        {
-                            "name": "Record",
-                            "if": "always()",
-                            "env": {
-                                "OUTCOME": "${{ steps.fleet.outcome }}",
-                                "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
-                                "REPORT": "${{ steps.fleet.outputs.report-path }}",
-                                "TOKEN": "${{ env.FLEET_TOKEN }}",
-                            },
-                            "run": RECORD,
+        return run_against(act, tmp_path, sandbox, token, **inputs)
+
+
+def run_against(act: tuple[Act, str], tmp_path: Path, sandbox: Sandbox, token: str, **inputs: str) -> Run:
+    """One workflow run of the action against a running sandbox (a sandbox outlives several runs)."""
+    runner, head = act
+    with_inputs = {
+        "cp-url": sandbox.url,
+        "cp-token": "${{ env.FLEET_TOKEN }}",
+        "api-url": sandbox.github_api_url,
+        "api-token": sandbox.forge_token,
+        "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
+        "tenant-url-template": sandbox.tenant_url_template,
+        "canary-slug": "acme",
+        "soak-seconds": "0",
+        "max-stragglers": "1",
+        "poll-interval-seconds": "0.2",
+        "verify-timeout-seconds": "20",
+        **inputs,
+    }
+    workflow = {
+        "on": "push",
+        "jobs": {
+            "deploy": {
+                "runs-on": "ubuntu-latest",
+                "steps": [
+                    {"uses": "actions/checkout@v4"},
+                    {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
+                    {
+                        "name": "Record",
+                        "if": "always()",
+                        "env": {
+                            "OUTCOME": "${{ steps.fleet.outcome }}",
+                            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+                            "REPORT": "${{ steps.fleet.outputs.report-path }}",
+                            "TOKEN": "${{ env.FLEET_TOKEN }}",
                         },
-                    ],
-                }
-            },
-        }
-        done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
-        assert done.returncode == 0, done.log
-        return Run(done, sandbox, token)
+                        "run": RECORD,
+                    },
+                ],
+            }
+        },
+    }
+    done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
+    assert done.returncode == 0, done.log
+    return Run(done, sandbox, token)
 
 
 @pytest.mark.act
@@ -312,6 +323,118 @@ def test_the_kill_switch_flipped_mid_rollout_halts_before_the_next_call(act, tmp
     # it touched the fleet, then stopped: verify surveyed who runs which build, and the step stays failed
     assert run.report["verify"]["mode"] == "survey" and "Fleet survey after a failed rollout" in run.log
     run.assert_token_kept_secret()
+
+
+# -- the quarantine ledger ----------------------------------------------------------------------------
+
+LEDGER = {"quarantine-issues": "true"}
+TITLE = "fleet-rollout: tenant reno-stars is quarantined"
+
+
+def api_of(sandbox: Sandbox, dialect: str) -> str:
+    return sandbox.github_api_url if dialect == "github" else sandbox.gitea_api_url
+
+
+def assert_no_token_in_the_ledger(run: Run, sandbox: Sandbox) -> None:
+    run.assert_token_kept_secret()
+    for text in (run.log, json.dumps(run.report), json.dumps(sandbox.issues), json.dumps(sandbox.forge_calls)):
+        assert run.token not in text and sandbox.forge_token not in text
+
+
+@pytest.mark.act
+@pytest.mark.parametrize("dialect", ["github", "gitea"])
+def test_the_ledger_opens_comments_escalates_and_closes_across_runs(act, tmp_path, dialect):
+    scenario, token = act_scenario(act, "incident", {"token": "forge-" + secrets.token_hex(12)})
+    with Sandbox(scenario) as sb:
+        inputs = {**LEDGER, "api-url": api_of(sb, dialect), "max-quarantine-streak": "2"}
+
+        first = run_against(act, tmp_path / "first", sb, token, **inputs)
+
+        assert first.outcome == "success", first.errors
+        first.assert_outputs(
+            ok="true", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0"
+        )
+        (issue,) = sb.issues
+        assert issue["title"] == TITLE and issue["labels"] == ["fleet-quarantine"] and issue["state"] == "open"
+        assert "quarantined by 1 rollout in a row" in issue["body"] and "actions/runs/" in issue["body"]
+        assert "CP_TOKEN=... python -m rollout" in issue["body"] and "--slugs reno-stars" in issue["body"]
+        creates = [c for c in sb.forge_calls if c["method"] == "POST" and c["path"].split("?")[0].endswith("/issues")]
+        labels = creates[0]["body"]["labels"]
+        assert labels == (["fleet-quarantine"] if dialect == "github" else [sb.labels[0]["id"]])  # Gitea: ids
+        assert "Quarantine ledger" in first.log and first.report["ledger"]["streaks"] == {"reno-stars": 1}
+        assert_no_token_in_the_ledger(first, sb)
+
+        second = run_against(act, tmp_path / "second", sb, token, **inputs)
+
+        # The same issue, a comment, streak 2: at the limit, the step fails after shipping to the rest.
+        assert second.outcome == "failure"
+        second.assert_outputs(
+            ok="false", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0",
+            chronic='["reno-stars"]',
+        )  # fmt: skip
+        (issue,) = sb.issues
+        assert [c["body"].startswith("Quarantined again by") for c in issue["comments"]] == [True]
+        assert "quarantined by 2 rollouts in a row" in issue["comments"][0]["body"]
+        assert "quarantined by 2 rollouts in a row" in issue["body"] and "streak=2 -->" in issue["body"]
+        second_calls = [b["only_slugs"] for b in second.redeploys[len(first.redeploys) :]]
+        assert sorted(s for slugs in second_calls for s in slugs) == sorted(FLEET)  # every tenant again
+        (error,) = [e for e in second.errors if "max-quarantine-streak" in e]
+        assert "tenant reno-stars has been quarantined by 2 rollouts in a row" in error
+        assert issue["html_url"] in error
+        assert second.report is not None and second.report["rollout"]["verdict"] == "shipped-with-chronic-straggler"
+        assert second.report["verify"]["ok"] is True  # the fleet it shipped was verified
+        assert_no_token_in_the_ledger(second, sb)
+
+        sb.set_behaviour("reno-stars", "healthy")  # its data volume was recreated
+        third = run_against(act, tmp_path / "third", sb, token, **inputs)
+
+        assert third.outcome == "success", third.errors
+        third.assert_outputs(ok="true", stragglers="[]", quarantined_count="0", verified_count="8", failed_count="0")
+        (issue,) = sb.issues
+        assert issue["state"] == "closed" and act[1] in issue["comments"][-1]["body"]
+        assert third.report is not None and [e["action"] for e in third.report["ledger"]["issues"]] == ["closed"]
+        assert_no_token_in_the_ledger(third, sb)
+
+
+@pytest.mark.act
+@pytest.mark.parametrize(("dialect", "status"), [("github", 403), ("gitea", 500)])
+def test_a_failing_issue_tracker_is_one_warning_and_the_verdict_stands(act, tmp_path, dialect, status):
+    scenario, token = act_scenario(act, "incident", {"issues_status": status})
+    with Sandbox(scenario) as sb:
+        run = run_against(act, tmp_path, sb, token, **LEDGER, **{"api-url": api_of(sb, dialect)},
+                          **{"max-quarantine-streak": "1"})  # fmt: skip
+
+        assert run.outcome == "success", run.errors
+        run.assert_outputs(
+            ok="true", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0"
+        )
+        # one warning (act echoes each workflow command it reads, so a line may come twice)
+        (warning,) = {
+            line.split("::warning::", 1)[1] for line in run.log.splitlines() if "::warning::the quarantine" in line
+        }
+        assert f"HTTP {status}" in warning and warning.endswith("the max-quarantine-streak check was skipped")
+        assert sb.issues == []
+        assert_no_token_in_the_ledger(run, sb)
+
+
+@pytest.mark.act
+@pytest.mark.parametrize("dialect", ["github", "gitea"])
+def test_the_ledger_finds_its_issue_past_the_first_page(act, tmp_path, dialect):
+    # The tenant's issue is the oldest of 130 with the label, among 120 labelled pull requests.
+    mine = {"title": TITLE, "labels": ["fleet-quarantine"], "body": "<!-- fleet-rollout:streak=3 -->"}
+    others = [
+        {"title": f"fleet-rollout: tenant t{n} is quarantined", "labels": ["fleet-quarantine"]} for n in range(129)
+    ]
+    scenario, token = act_scenario(act, "incident", {"issues": [mine, *others], "pull_requests": 120})
+    with Sandbox(scenario) as sb:
+        run = run_against(act, tmp_path, sb, token, **LEDGER, **{"api-url": api_of(sb, dialect)})
+
+        assert run.outcome == "success", run.errors
+        assert len(sb.issues) == 130 + 120  # no second issue
+        assert sb.issues[0]["comments"] and "streak=4 -->" in sb.issues[0]["body"]
+        lists = [c for c in sb.forge_calls if c["method"] == "GET" and c["path"].split("?")[0].endswith("/issues")]
+        assert len(lists) >= 2 and all(c["status"] == 200 for c in lists)
+        assert run.report is not None and run.report["ledger"]["streaks"] == {"reno-stars": 4}
 
 
 # -- action.yml's shell, run directly -------------------------------------------------------------

@@ -182,6 +182,8 @@ def _close(given: StepInputs, checked: Checked, keeping: LedgerSettings) -> Reco
     rollout = doc.get("rollout")
     if not keeping.on or not isinstance(rollout, dict) or checked.seen is None or checked.settings is None:
         return None
+    if (doc.get("ledger") or {}).get("complete") is False:  # the tracker failed this run: said once, not again
+        return None
     settings, seen = checked.settings, checked.seen
     shipped = rollout.get("verdict") in SHIPPING and not checked.scope.survey and _decide(checked, seen, None).ok
     run = ledger.Run("", settings.expected_sha, quarantine.run_url(os.environ), shipped, {}, _verified(doc, seen))
