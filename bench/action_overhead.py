@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +40,7 @@ def step_seconds(log: str, step: str) -> list[float]:
     return found
 
 
-def measure_overhead(runs: int) -> dict:
+def measure_overhead(runs: int) -> dict[str, Any]:
     """The action's own time under act: the `uses: ./` step less its rollout step, for a dry run
     against the sandbox. The first run starts from an empty tool cache with pip's cache off, so it
     builds the venv; the other `runs` reuse it. Also times the same dry run without act or action."""

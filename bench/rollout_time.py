@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "sha-" + "c0ffee" * 6 + "c0ff"
@@ -29,7 +30,7 @@ TOKEN = "bench-token"  # noqa: S105 - the sandbox's own token
 
 
 class SandboxProcess:
-    def __init__(self, scenario: dict) -> None:
+    def __init__(self, scenario: dict[str, Any]) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
         (self.dir / "scenario.json").write_text(json.dumps(scenario))  # JSON is YAML
         url_file = self.dir / "url"
@@ -58,7 +59,7 @@ class SandboxProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def scenario(count: int, call_seconds: float) -> dict:
+def scenario(count: int, call_seconds: float) -> dict[str, Any]:
     return {
         "description": f"{count} healthy tenants; every real call takes {call_seconds} s",
         "token": TOKEN,

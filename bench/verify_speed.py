@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SHA = "c0ffee" * 6 + "c0ff"
@@ -34,7 +35,7 @@ TOKEN = "bench-token"  # noqa: S105 - the sandbox's own token
 
 
 class SandboxProcess:
-    def __init__(self, scenario: dict) -> None:
+    def __init__(self, scenario: dict[str, Any]) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
         (self.dir / "scenario.json").write_text(json.dumps(scenario))  # JSON is YAML
         url_file = self.dir / "url"
@@ -58,7 +59,7 @@ class SandboxProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def scenario(count: int, latency_ms: int, deployed: bool = True) -> dict:
+def scenario(count: int, latency_ms: int, deployed: bool = True) -> dict[str, Any]:
     return {
         "description": f"{count} tenants, {latency_ms} ms latency",
         "token": TOKEN,

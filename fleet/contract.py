@@ -23,7 +23,21 @@ SHOW_LIMIT = 80
 
 
 class ContractError(ValueError):
-    """Input that breaks the contract. The message is one line and safe to print."""
+    """Something that breaks the contract. The message is one line and safe to print. The checks here
+    raise it as it is; where the text came from decides which of the two below it becomes."""
+
+
+class BadInput(ContractError):
+    """The step's own input breaks the contract: exit 2, and nothing has moved."""
+
+
+class BadAnswer(ContractError):
+    """A peer's answer (the control plane's, the forge's, a tenant's) breaks the contract: exit 1."""
+
+
+class PeerFailed(Exception):
+    """A call to a peer that failed (the control plane's client raises its own kind): exit 1. Here, so a
+    step can tell it apart without importing the client."""
 
 
 def show(value: Any, limit: int = SHOW_LIMIT) -> str:
@@ -43,7 +57,7 @@ def is_slug(value: Any) -> bool:
 def check_slug(value: Any, what: str) -> str:
     if not is_slug(value):
         raise ContractError(f"{what}: invalid slug {show(value)} (must be a DNS label: a-z, 0-9, '-')")
-    return value
+    return str(value)
 
 
 def parse_slug_list(text: str, what: str) -> list[str]:
@@ -79,8 +93,8 @@ def unique_slugs(slugs: Iterable[str], what: str) -> list[str]:
     return out
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    doc: dict = {}
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
     for key, value in pairs:
         if key in doc:
             raise ContractError(f"duplicate key {show(key)}")

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import contract, http, runner
-from fleet.contract import ContractError, show
+from fleet.contract import BadAnswer, ContractError, PeerFailed, show
 
 REDEPLOY_PATH = "/cp/admin/tenants/redeploy-fleet"
 CONNECT_TIMEOUT = 10.0
 
 
-class CPError(Exception):
+class CPError(PeerFailed):
     """A control-plane call that failed; the message is one line that names the cause."""
 
 
@@ -102,7 +102,8 @@ class Answer:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return self.document["results"]
+        rows: list[dict[str, Any]] = self.document["results"]
+        return rows
 
     @property
     def error(self) -> str:
@@ -149,7 +150,7 @@ class ControlPlane:
         try:
             return contract.enumerated(answer.document)
         except ContractError as exc:
-            raise self._fail(self.calls[-1], str(exc), ContractError) from None
+            raise self._fail(self.calls[-1], str(exc), BadAnswer) from None
 
     def redeploy(self, body: dict[str, Any], kind: str) -> Answer:
         """One call. 200 and 500 both carry the answer's shape (500: the call failed); a 400 is the
@@ -167,7 +168,7 @@ class ControlPlane:
         try:
             contract.validate("redeploy-response", doc, f"redeploy answer (HTTP {status}) rejected")
         except ContractError as exc:
-            raise self._fail(record, str(exc), ContractError) from None
+            raise self._fail(record, str(exc), BadAnswer) from None
         return Answer(status, doc)
 
     # -- plumbing ------------------------------------------------------------------------------

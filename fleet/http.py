@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from fleet import __version__
-from fleet.contract import ContractError, show
+from fleet.contract import BadInput, show
 
 MAX_CP_BODY = 16 * 1024 * 1024
 MAX_TENANT_BODY = 64 * 1024
@@ -151,11 +151,11 @@ def check_url(url: str, what: str, allow_http: bool) -> str:
     """An http(s) URL with a host; plain http only to loopback unless the user opted in."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ContractError(f"{what} must be an http(s) URL with a host: {show(url)}")
+        raise BadInput(f"{what} must be an http(s) URL with a host: {show(url)}")
     if parts.username or parts.password:
-        raise ContractError(f"{what} must not carry credentials in the URL")
+        raise BadInput(f"{what} must not carry credentials in the URL")
     if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
-        raise ContractError(
+        raise BadInput(
             f"{what} uses plain http to a non-loopback host ({show(parts.hostname)}); "
             "use https, or opt in with allow-http"
         )
@@ -218,7 +218,7 @@ class Proxies:
         if proxy and "://" not in proxy:
             proxy = "http://" + proxy  # as curl and requests take a bare host:port
         if proxy and urlsplit(proxy).scheme not in ("http", "https"):
-            raise ContractError(
+            raise BadInput(
                 f"the proxy in HTTPS_PROXY (or ALL_PROXY) must be an http:// or https:// URL, "
                 f"not {show(urlsplit(proxy).scheme + '://')}"
             )

@@ -16,7 +16,7 @@ from decimal import Decimal
 from enum import Enum
 
 from fleet import http, runner
-from fleet.contract import ContractError, parse_slug_list, show
+from fleet.contract import BadInput, ContractError, parse_slug_list, show
 from fleet.tenant import TenantAccess
 
 # How action.yml hands a step its inputs: `${{ toJSON(inputs) }}`, every input (tokens included) in one
@@ -223,11 +223,9 @@ class StepInputs:
         action, CP_TOKEN on the command line."""
         where = "the cp-token input" if self.action else "CP_TOKEN"
         if not self.token:
-            raise ContractError(f"{where} is required: the control-plane token")
+            raise BadInput(f"{where} is required: the control-plane token")
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in self.token):
-            raise ContractError(
-                f"{where} holds whitespace or control characters inside it; it cannot be sent as a header"
-            )
+            raise BadInput(f"{where} holds whitespace or control characters inside it; it cannot be sent as a header")
         return self.token
 
 
@@ -282,7 +280,7 @@ def _action_inputs(text: str, environ: Mapping[str, str]) -> dict[str, str]:
     except ValueError:
         data = None
     if not isinstance(data, dict):  # its text is never shown: it holds the tokens
-        raise ContractError(f"{ACTION_INPUTS} must hold the action's inputs as a JSON object (toJSON(inputs))")
+        raise BadInput(f"{ACTION_INPUTS} must hold the action's inputs as a JSON object (toJSON(inputs))")
     values: dict[str, str] = {}
     for name, value in data.items():
         item = INPUTS.get(name)
@@ -382,7 +380,7 @@ class Typed:
             return None
         slugs = parse_slug_list(text, name)
         if not slugs:
-            raise ContractError(f"{name} names no tenant")
+            raise BadInput(f"{name} names no tenant")
         return slugs
 
     def url(self, name: str, allow_http: bool) -> str:
@@ -409,20 +407,20 @@ def value_of(name: str, text: str) -> object:
 def integer(name: str, text: str, minimum: int = 0, maximum: int | None = None) -> int:
     if not re.fullmatch(r"\d{1,9}", text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
         span = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-        raise ContractError(f"{name} must be an integer {span}: got {show(text)}")
+        raise BadInput(f"{name} must be an integer {span}: got {show(text)}")
     return int(text)
 
 
 def seconds(name: str, text: str, minimum: float = 0.0) -> float:
     if not re.fullmatch(r"\d{1,7}(\.\d{1,3})?", text) or float(text) < minimum:
-        raise ContractError(f"{name} must be a number of seconds >= {minimum:g}: got {show(text)}")
+        raise BadInput(f"{name} must be a number of seconds >= {minimum:g}: got {show(text)}")
     return float(text)
 
 
 def number(name: str, text: str, minimum: float = 0) -> Decimal:
     """A decimal number, exactly as written (`1.5` stays 1.5, so growth rounds the same everywhere)."""
     if not re.fullmatch(r"\d{1,6}(\.\d{1,3})?", text) or Decimal(text) < Decimal(str(minimum)):
-        raise ContractError(f"{name} must be a number >= {minimum:g}, decimals allowed (such as 1.5): got {show(text)}")
+        raise BadInput(f"{name} must be a number >= {minimum:g}, decimals allowed (such as 1.5): got {show(text)}")
     return Decimal(text)
 
 
@@ -432,12 +430,12 @@ def boolean(name: str, text: str) -> bool:
         return True
     if low in ("false", "0", "no", "off", ""):
         return False
-    raise ContractError(f"{name} must be true or false: got {show(text)}")
+    raise BadInput(f"{name} must be true or false: got {show(text)}")
 
 
 def choice(name: str, text: str, options: Sequence[str]) -> str:
     if text not in options:
-        raise ContractError(f"{name} must be one of {', '.join(options)}: got {show(text)}")
+        raise BadInput(f"{name} must be one of {', '.join(options)}: got {show(text)}")
     return text
 
 
@@ -448,7 +446,7 @@ def ca_bundle(text: str) -> str | None:
     if not text:
         return None
     if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise ContractError(f"ca-bundle {show(text)} is not a readable file")
+        raise BadInput(f"ca-bundle {show(text)} is not a readable file")
     context = ssl.create_default_context()
     try:
         context.load_verify_locations(cafile=text)
@@ -457,20 +455,20 @@ def ca_bundle(text: str) -> str | None:
     else:
         certificates = context.cert_store_stats()["x509"]
     if not certificates:
-        raise ContractError(f"ca-bundle {show(text)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        raise BadInput(f"ca-bundle {show(text)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     return text
 
 
 def expected_sha(text: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{7,64}", text):
-        raise ContractError(f"expected-sha must be at least 7 hex digits: got {show(text)}")
+        raise BadInput(f"expected-sha must be at least 7 hex digits: got {show(text)}")
     return text.lower()
 
 
 def variable_name(name: str, text: str) -> str:
     """An Actions variable's name: letters, digits and _, not starting with a digit; "" is none."""
     if text and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", text):
-        raise ContractError(f"{name} must be a variable name (letters, digits, _): got {show(text)}")
+        raise BadInput(f"{name} must be a variable name (letters, digits, _): got {show(text)}")
     return text
 
 
@@ -482,9 +480,7 @@ def tenant_path(name: str, text: str) -> str:
         or any(part == ".." for part in text.split("/"))
         or re.search(r"[?#%\\\s\x00-\x1f\x7f]", text)
     ):
-        raise ContractError(
-            f"{name} must be an absolute path like /healthz (no '..', query or fragment): got {show(text)}"
-        )
+        raise BadInput(f"{name} must be an absolute path like /healthz (no '..', query or fragment): got {show(text)}")
     return text
 
 
@@ -507,12 +503,12 @@ def tenant_access(values: Mapping[str, str]) -> TenantAccess | None:
 
 def required(name: str, text: str) -> str:
     if not text:
-        raise ContractError(f"{name} is required")
+        raise BadInput(f"{name} is required")
     return text
 
 
 def tenant_template(text: str) -> str:
     rest = text.replace("{slug}", "")
     if text and (rest == text or "{" in rest or "}" in rest):
-        raise ContractError(f"tenant-url-template must hold {{slug}} and no other placeholder: got {show(text)}")
+        raise BadInput(f"tenant-url-template must hold {{slug}} and no other placeholder: got {show(text)}")
     return text

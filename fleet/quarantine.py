@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import ledger, markdown, runner
-from fleet.contract import ContractError, show
+from fleet.contract import BadInput, show
 from fleet.forge import Forge, ForgeError, Where
 from fleet.inputs import Typed, integer
 from fleet.vocabulary import listed
@@ -38,13 +38,13 @@ def ledger_settings(values: Mapping[str, str]) -> LedgerSettings:
     on = Typed(values).boolean("quarantine-issues")
     label = values["quarantine-label"]
     if not label or len(label) > MAX_LABEL or "," in label or not label.isprintable():
-        raise ContractError(
+        raise BadInput(
             f"quarantine-label must be 1 to {MAX_LABEL} printable characters without a comma: got {show(label)}"
         )
     text = values.get("max-quarantine-streak", "")
     limit = integer("max-quarantine-streak", text, 1) if text else None
     if limit is not None and not on:
-        raise ContractError("max-quarantine-streak needs quarantine-issues: true (the streak lives in the issues)")
+        raise BadInput("max-quarantine-streak needs quarantine-issues: true (the streak lives in the issues)")
     return LedgerSettings(on, label, limit)
 
 

@@ -69,10 +69,11 @@ def _strict_json(report: dict[str, Any]) -> str:
 
 
 def read(path: str) -> dict[str, Any]:
-    """Read and validate a report; a bad one is a ContractError naming the file."""
+    """Read and validate a report; a bad one is bad input naming the file (a step reads it as input)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise contract.ContractError(f"cannot read report {contract.show(path)}: {exc.strerror}") from None
+        raise contract.BadInput(f"cannot read report {contract.show(path)}: {exc.strerror}") from None
     doc = contract.parse_json(raw, f"report {contract.show(path)}")
-    return contract.validate("report", doc, f"report {contract.show(path)} rejected")
+    checked: dict[str, Any] = contract.validate("report", doc, f"report {contract.show(path)} rejected")
+    return checked

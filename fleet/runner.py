@@ -115,7 +115,7 @@ def encodable(text: str) -> str:
     return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
-def _control(match: re.Match) -> str:
+def _control(match: re.Match[str]) -> str:
     char = match.group(0)
     return {"\n": "\\n", "\r": "\\r", "\t": " "}.get(char, f"\\x{ord(char):02x}")
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from fleet import inputs, report, runner
-from fleet.contract import ContractError
-from fleet.cp import CPError
+from fleet.contract import BadAnswer, ContractError, PeerFailed
 from fleet.inputs import StepInputs
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
@@ -115,10 +114,10 @@ def _work(step: Step[Happened], given: StepInputs, guard: runner.SignalGuard) ->
 
 def _failure(step: Step[Happened], exc: BaseException, so_far: Happened | None) -> Failure:
     """Whatever stopped the work, as a one-line cause and the exit code it earns."""
-    if isinstance(exc, ContractError):
-        return Failure(str(exc), step.bad_input_code(so_far))
-    if isinstance(exc, CPError):
+    if isinstance(exc, (BadAnswer, PeerFailed)):  # a peer's fault: nothing says nothing moved
         return Failure(str(exc), EXIT_FAILED)
+    if isinstance(exc, ContractError):  # the step's input (BadInput), or a check of it
+        return Failure(str(exc), step.bad_input_code(so_far))
     if isinstance(exc, runner.Terminated):
         return Failure(step.stopped(exc, so_far), exc.code, cancelled=True)
     return Failure(runner.internal_error(exc), EXIT_FAILED)

@@ -47,8 +47,8 @@ class TenantAccess:
     allow_http: bool
     ca_bundle: str | None
 
-    def client(self, concurrency: int = 32) -> Tenants:
-        return Tenants(
+    def client(self, concurrency: int = 32) -> TenantClient:
+        return TenantClient(
             self.template,
             allow_http=self.allow_http,
             ca_bundle=self.ca_bundle,
@@ -58,7 +58,7 @@ class TenantAccess:
         )
 
 
-class Tenants:
+class TenantClient:
     def __init__(
         self,
         template: str,

@@ -16,7 +16,7 @@ class Word(str, Enum):
     """An enum whose members are their string values wherever they are printed or dumped."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)

@@ -97,7 +97,7 @@ class Rollout(step.Step[Rolled]):
         if so_far is None or not so_far.touched:
             return f"{signal} before the rollout sent a real call; nothing was deployed"
         result = so_far.result
-        unknown = [t.slug for t in result.tenants.values() if t.outcome == Outcome.UNKNOWN] if result else []
+        unknown = [t.slug for t in result.outcomes.values() if t.outcome == Outcome.UNKNOWN] if result else []
         if not unknown:
             return f"{signal} between two calls of the rollout; no call was under way"
         named = listed(unknown)
@@ -107,7 +107,7 @@ class Rollout(step.Step[Rolled]):
         rolled = outcome or Rolled()
         result, ended = _ended(rolled, failure)
         settings = rolled.settings
-        tenants_known = settings is not None and settings.tenants is not None
+        tenants_known = settings is not None and settings.tenant_access is not None
         run = run_verdict(RolloutEnd(ended.verdict, ended.message, rolled.touched, tenants_known), None)
         path = given.values["report"] or report.default_path()
         doc = _report(rolled, result, ended, run, self.started)
@@ -119,7 +119,7 @@ class Rollout(step.Step[Rolled]):
             report=doc,
             outputs={
                 "ok": "true" if run.ok else "false",
-                "superseded": ended.superseded,
+                "superseded": ended.superseded_by,
                 "stragglers": json.dumps(stragglers),
                 "quarantined-count": str(len(stragglers)),
                 "report-path": path,
@@ -146,8 +146,8 @@ def _ended(rolled: Rolled, failure: step.Failure | None) -> tuple[Result | None,
     chronic = rolled.ledger.escalation() if rolled.ledger is not None and result.verdict in SHIPPING else []
     if chronic:  # the fleet shipped; then the tolerance's limit fails the step
         message = f"{result.message}; a chronic straggler: {'; '.join(chronic)}"
-        return result, End(RolloutVerdict.SHIPPED_WITH_CHRONIC, message, superseded=result.superseded)
-    return result, End(result.verdict, result.message, superseded=result.superseded)
+        return result, End(RolloutVerdict.SHIPPED_WITH_CHRONIC, message, superseded_by=result.superseded_by)
+    return result, End(result.verdict, result.message, superseded_by=result.superseded_by)
 
 
 def _keep(given: StepInputs, settings: Settings, keeping: LedgerSettings, result: Result | None) -> Record | None:
@@ -156,7 +156,7 @@ def _keep(given: StepInputs, settings: Settings, keeping: LedgerSettings, result
     for those it verifies). It never raises: a failure is its record's warning."""
     if not keeping.on or result is None:
         return None
-    verify_follows = settings.tenants is not None and (given.action or settings.verify_after)
+    verify_follows = settings.tenant_access is not None and (given.action or settings.verify_after)
     forge = Forge(settings.api_url, given.api_token, allow_http=settings.allow_http, ca_bundle=settings.ca_bundle)
     return quarantine.keep(
         forge, Where.from_environment(os.environ), keeping, _ledger_run(settings, result, verify_follows)
@@ -165,7 +165,7 @@ def _keep(given: StepInputs, settings: Settings, keeping: LedgerSettings, result
 
 def _ledger_run(settings: Settings, result: Result, verify_follows: bool) -> ledger.Run:
     """What the rollout did, as the ledger reads it."""
-    tenants = result.tenants.values()
+    tenants = result.outcomes.values()
     quarantined = {t.slug: t.reason or "" for t in tenants if t.outcome == Outcome.QUARANTINED}
     redeployed = frozenset(t.slug for t in tenants if t.outcome == Outcome.REDEPLOYED and not verify_follows)
     return ledger.Run(
@@ -177,7 +177,7 @@ def _ledger_run(settings: Settings, result: Result, verify_follows: bool) -> led
 
 def _warnings(result: Result | None) -> list[str]:
     warnings = []
-    for tenant in result.tenants.values() if result else []:
+    for tenant in result.outcomes.values() if result else []:
         if tenant.outcome == Outcome.QUARANTINED:
             warnings.append(f"tenant {tenant.slug} quarantined, needs individual recovery: {tenant.reason}")
         elif tenant.outcome == Outcome.STRAGGLER:
@@ -209,7 +209,7 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
         "message": ended.message,
         "follow": run.follow,
         "touched": rolled.touched,
-        "superseded": ended.superseded,
+        "superseded": ended.superseded_by,
         "started_at": started,
         "finished_at": report.now(),
     }
@@ -219,7 +219,7 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
 def _outcomes(settings: Settings | None, result: Result) -> dict[str, Any]:
     """The tenants' part of the report: each one's outcome, the stragglers with the one command that
     redeploys them strictly and verifies them, and the tenants a call reached outside its scope."""
-    part: dict[str, Any] = {"tenants": [t.record() for t in result.tenants.values()]}
+    part: dict[str, Any] = {"tenants": [t.record() for t in result.outcomes.values()]}
     stragglers = result.stragglers()
     if stragglers:
         part["stragglers"] = stragglers

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.contract import ContractError, show, unnamed
+from fleet.contract import BadAnswer, show, unnamed
 from fleet.vocabulary import Outcome
 
 UNPROVEN = "the control plane's row has no verified_on_target, so nothing proves it runs the target"
@@ -78,7 +78,7 @@ def assess(
         if not row.get("slug"):
             continue  # names no tenant: `unnamed` tells the caller
         if row["slug"] in rows:
-            raise ContractError(f"redeploy answer rejected: two rows for slug {show(row['slug'])}")
+            raise BadAnswer(f"redeploy answer rejected: two rows for slug {show(row['slug'])}")
         rows[row["slug"]] = row
     claimed = set(answer.get("stragglers") or ())
     wanted = set(expected)

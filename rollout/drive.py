@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fleet import runner
-from fleet.contract import ContractError, show, unnamed
+from fleet.contract import BadAnswer, ContractError, show, unnamed
 from fleet.cp import Answer, ControlPlane, CPError, CPRefused, NothingDone
 from fleet.tenant import REQUEST_SECONDS, health_problem
 from fleet.vocabulary import Mode, Outcome, RolloutVerdict, counted, listed
@@ -25,31 +26,31 @@ from rollout.plan import Batch, Plan, Settings
 class Result:
     """What the rollout did: each tenant's outcome (in scope order), the verdict and its message."""
 
-    tenants: dict[str, Tenant]
+    outcomes: dict[str, Tenant]
     verdict: RolloutVerdict
     message: str
     notes: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)  # tenants a real call touched outside its scope
-    superseded: str = ""  # the newer head's sha, when the run stood down for it
+    superseded_by: str = ""  # the run stood down: the deployed branch's newer head (a tenant on it is State.SUPERSEDED)
 
     def stragglers(self) -> list[str]:
         """Every tenant that failed its redeploy: quarantined ones included."""
-        return [t.slug for t in self.tenants.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
+        return [t.slug for t in self.outcomes.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
 
     def count(self, outcome: Outcome) -> int:
-        return sum(1 for t in self.tenants.values() if t.outcome == outcome)
+        return sum(1 for t in self.outcomes.values() if t.outcome == outcome)
 
     def left(self, reason: str) -> dict[str, Tenant]:
         """The tenants, every one not attempted given this reason."""
         return {
             slug: replace(t, reason=reason) if t.outcome == Outcome.NOT_ATTEMPTED else t
-            for slug, t in self.tenants.items()
+            for slug, t in self.outcomes.items()
         }
 
     def ended(self, verdict: RolloutVerdict, message: str, leave: str = "") -> Result:
         """This result with another verdict (a failure after the drive: a cancelled job), the tenants not
         attempted given `leave` as their reason when it says one."""
-        return replace(self, verdict=verdict, message=message, tenants=self.left(leave) if leave else self.tenants)
+        return replace(self, verdict=verdict, message=message, outcomes=self.left(leave) if leave else self.outcomes)
 
 
 class BrokeOff(Exception):
@@ -70,15 +71,15 @@ def health_watch(settings: Settings) -> SoakWatch:
     """Watch the canary's health path through the soak, one poll per poll interval."""
 
     def watch(slug: str, seconds: float) -> str | None:
-        if settings.tenants is None:
+        if settings.tenant_access is None:
             time.sleep(seconds)
             return None
-        tenants = settings.tenants.client(concurrency=1)
-        url = tenants.base(slug) + settings.tenants.healthz_path
+        client = settings.tenant_access.client(concurrency=1)
+        url = client.base(slug) + settings.tenant_access.healthz_path
         end = time.monotonic() + seconds
         while True:
             # A poll started just before the soak ends still gets its full time to answer.
-            problem = health_problem(tenants.get(url, time.monotonic() + REQUEST_SECONDS))
+            problem = health_problem(client.get(url, time.monotonic() + REQUEST_SECONDS))
             if problem:
                 return problem[1]
             left = end - time.monotonic()
@@ -104,7 +105,7 @@ def run(settings: Settings, plan: Plan, cp: ControlPlane, watch: SoakWatch, gate
     return driver.result(end)
 
 
-def _cannot_scope(body: dict, what: str) -> End:
+def _cannot_scope(body: dict[str, Any], what: str) -> End:
     return End(
         RolloutVerdict.CANNOT_SCOPE,
         f"the control plane cannot scope a call: asked for only_slugs {listed(body['only_slugs'])} in a dry run, "
@@ -133,35 +134,37 @@ def _probe_trouble(answer: Answer, slugs: list[str]) -> str:
 class _Driver:
     def __init__(self, settings: Settings, plan: Plan, cp: ControlPlane, gate: Gate | None) -> None:
         self.settings, self.plan, self.cp, self.gate = settings, plan, cp, gate
-        self.tenants = {slug: Tenant(slug, Outcome.NOT_ATTEMPTED, "not attempted") for slug in plan.scope}
+        self.outcomes = {slug: Tenant(slug, Outcome.NOT_ATTEMPTED, "not attempted") for slug in plan.scope}
         self.notes = list(plan.notes)
         self.outside: list[str] = []
         self.in_flight: list[str] = []  # the tenants of the call under way
         self.step: str | None = None  # that call's step: canary, batch 2/3, fleet
 
     def result(self, end: End) -> Result:
-        tenants = Result(self.tenants, end.verdict, end.message).left(end.left)
-        return Result(tenants, end.verdict, end.message, self.notes, self.outside, end.superseded)
+        outcomes = Result(self.outcomes, end.verdict, end.message).left(end.left)
+        return Result(outcomes, end.verdict, end.message, self.notes, self.outside, end.superseded_by)
 
     def take(self, tenants: list[Tenant]) -> None:
         for tenant in tenants:
-            self.tenants[tenant.slug] = tenant
+            self.outcomes[tenant.slug] = tenant
         self.in_flight = []
 
     def mark(self, slug: str, outcome: Outcome, reason: str) -> None:
-        self.tenants[slug] = replace(self.tenants[slug], outcome=outcome, reason=reason)
+        self.outcomes[slug] = replace(self.outcomes[slug], outcome=outcome, reason=reason)
 
     def broke_off(self, cause: str, acted: bool) -> Result:
         """The result when a call broke off: its tenants' outcome is unknown (unless the control plane
         cannot have acted on it), the rest not attempted."""
         for slug in self.in_flight:
             if acted:
-                self.tenants[slug] = Tenant(slug, Outcome.UNKNOWN, f"outcome unknown: {cause}", self.step)
+                self.outcomes[slug] = Tenant(slug, Outcome.UNKNOWN, f"outcome unknown: {cause}", self.step)
             else:
-                self.tenants[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, f"not attempted: {cause}", self.step)
+                self.outcomes[slug] = Tenant(slug, Outcome.NOT_ATTEMPTED, f"not attempted: {cause}", self.step)
         return self.result(End(RolloutVerdict.FAILED, cause, "not attempted: the rollout broke off"))
 
-    def call(self, body: dict, kind: str, slugs: list[str], what: str, step: str) -> tuple[Answer, End | None]:
+    def call(
+        self, body: dict[str, Any], kind: str, slugs: list[str], what: str, step: str
+    ) -> tuple[Answer, End | None]:
         """One call (`step` of the rollout), its rows judged into the tenants' outcomes, and its answer
         into whether the rollout ends there. Before a real call the gate is asked."""
         dry = bool(body.get("dry_run"))
@@ -173,7 +176,9 @@ class _Driver:
         self.take(tenants)
         return answer, self.judge(body, answer, tenants, outside, what)
 
-    def judge(self, body: dict, answer: Answer, tenants: list[Tenant], outside: list[str], what: str) -> End | None:
+    def judge(
+        self, body: dict[str, Any], answer: Answer, tenants: list[Tenant], outside: list[str], what: str
+    ) -> End | None:
         """A real call that answers for tenants outside its only_slugs has widened, and the rollout halts
         there; one that answers a row without a slug breaks the contract, and the rollout breaks off
         there."""
@@ -183,7 +188,7 @@ class _Driver:
         if nameless:
             # A row that names no tenant may be any of them: those without a row of their own are unknown.
             self.in_flight = [t.slug for t in tenants if t.outcome == Outcome.UNKNOWN]
-            raise ContractError(
+            raise BadAnswer(
                 f"the control plane's answer to {what} breaks the contract: a row names no tenant (no slug): "
                 f"{listed(nameless)}"
             )
@@ -192,7 +197,7 @@ class _Driver:
         self.unlisted(outside)
         return None
 
-    def rehearsed(self, body: dict, answer: Answer, outside: list[str], what: str) -> End | None:
+    def rehearsed(self, body: dict[str, Any], answer: Answer, outside: list[str], what: str) -> End | None:
         """A dry run shows a plan that would not hold when a scoped one answers beyond its tenants, or
         when the control plane rejects it."""
         nameless = unnamed(answer.rows)
@@ -213,7 +218,7 @@ class _Driver:
         """Tenants of the rollout the widened call reached are judged by their rows, not left as untouched:
         the control plane says what it did to them."""
         self.outside += [s for s in outside if s not in self.outside]
-        self.take(coverage.assess([s for s in outside if s in self.tenants], answer.document, step=self.step)[0])
+        self.take(coverage.assess([s for s in outside if s in self.outcomes], answer.document, step=self.step)[0])
         return End(
             RolloutVerdict.WIDENED,
             f"the control plane widened {what} beyond its only_slugs, redeploying {listed(outside)}; "
@@ -221,7 +226,7 @@ class _Driver:
             f"not attempted: the rollout halted when {what} widened",
         )
 
-    def probe(self, body: dict, slugs: list[str]) -> End | None:
+    def probe(self, body: dict[str, Any], slugs: list[str]) -> End | None:
         """Before the first real scoped call, its dry run must answer for exactly its tenants."""
         try:
             answer = self.cp.redeploy(planning.probe_body(body), "probe")
@@ -235,12 +240,12 @@ class _Driver:
     def canary_passed(self, answer: Answer) -> End | None:
         """A canary that is not redeployed fails the rollout, whatever the budget; the control plane
         stops at a failed canary, so tenants with no row were not attempted."""
-        canary = self.tenants[self.plan.canary]
+        canary = self.outcomes[self.plan.canary]
         if canary.outcome == Outcome.REDEPLOYED:
             return None
         reason = canary.reason or (answer.error if not answer.succeeded else "not verified on target")
         self.mark(canary.slug, Outcome.STRAGGLER, reason)
-        for slug, tenant in self.tenants.items():
+        for slug, tenant in self.outcomes.items():
             if tenant.outcome == Outcome.UNKNOWN:
                 self.mark(slug, Outcome.NOT_ATTEMPTED, "not attempted: the canary failed")
         return End(
@@ -315,7 +320,7 @@ class _Driver:
             runner.log(f"{batch.step}: {listed(batch.slugs)} (budget left {unspent})")
             body = planning.batch_body(self.settings, batch.slugs, unspent)
             answer, halted = self.call(body, "batch", batch.slugs, batch.call, batch.step)
-            spent += [s for s in batch.slugs if self.tenants[s].outcome == Outcome.STRAGGLER]
+            spent += [s for s in batch.slugs if self.outcomes[s].outcome == Outcome.STRAGGLER]
             halted = halted or self.held(answer, batch.slugs, spent, batch)
             if halted:
                 return halted
@@ -332,7 +337,7 @@ class _Driver:
         if halted or settings.dry_run:
             return halted or self.planned(1)
         halted = self.canary_passed(answer) if plan.canary else None
-        spent = [s for s in plan.scope if s != plan.canary and self.tenants[s].outcome == Outcome.STRAGGLER]
+        spent = [s for s in plan.scope if s != plan.canary and self.outcomes[s].outcome == Outcome.STRAGGLER]
         return halted or self.held(answer, plan.scope, spent, None) or self.finish(spent)
 
     def held(self, answer: Answer, slugs: list[str], spent: list[str], batch: Batch | None) -> End | None:
@@ -365,7 +370,7 @@ class _Driver:
         When its rows cover every tenant of the call and the only failures are stragglers the budget
         allows (checked before this), the rollout goes on, with a notice."""
         covered = {row.get("slug") for row in answer.rows} >= set(slugs)
-        stragglers = [s for s in slugs if self.tenants[s].outcome == Outcome.STRAGGLER]
+        stragglers = [s for s in slugs if self.outcomes[s].outcome == Outcome.STRAGGLER]
         if answer.status != 500 or not covered or not stragglers:
             return False
         runner.notice(
@@ -388,8 +393,8 @@ class _Driver:
         """The rollout shipped: its stragglers, within the budget, are quarantined."""
         plan = self.plan
         for slug in spent:
-            self.tenants[slug] = replace(self.tenants[slug], outcome=Outcome.QUARANTINED)
-        redeployed = sum(1 for t in self.tenants.values() if t.outcome == Outcome.REDEPLOYED)
+            self.outcomes[slug] = replace(self.outcomes[slug], outcome=Outcome.QUARANTINED)
+        redeployed = sum(1 for t in self.outcomes.values() if t.outcome == Outcome.REDEPLOYED)
         message = f"shipped {self.settings.target_tag} to {redeployed} of {counted(len(plan.scope), 'tenant')}"
         if not spent:
             return End(RolloutVerdict.SHIPPED, message)

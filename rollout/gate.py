@@ -22,7 +22,7 @@ class End:
     verdict: RolloutVerdict
     message: str
     leave: str = ""
-    superseded: str = ""  # the newer head's sha, when the run stood down for it
+    superseded_by: str = ""  # the run stood down: the deployed branch's newer head (a tenant on it is State.SUPERSEDED)
 
     @property
     def left(self) -> str:
@@ -85,7 +85,7 @@ class Gate:
                 f"superseded: {self.where.branch} now points at {head[:12]}, not {self.expected_sha[:12]}; "
                 "this run deployed nothing and stands down, the run for the newer commit deploys"
             )
-            raise Stop(End(RolloutVerdict.SUPERSEDED, message, superseded=head))
+            raise Stop(End(RolloutVerdict.SUPERSEDED, message, superseded_by=head))
 
 
 def gate_for(settings: Settings, api_token: str, environ: Mapping[str, str]) -> Gate:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from fleet import contract, inputs
-from fleet.contract import ContractError, show
+from fleet.contract import BadInput, show
 from fleet.markdown import MORE, SHOWN
 from fleet.tenant import REQUEST_SECONDS, TenantAccess
 from fleet.vocabulary import Mode, counted, listed
@@ -44,9 +44,7 @@ def parse_budget(text: str, source: str) -> BudgetSpec:
     match = re.fullmatch(r"(\d{1,3}(?:\.\d{1,4})?)%", text)
     if match and Decimal(match.group(1)) <= 100:
         return BudgetSpec(text, source, percent=Decimal(match.group(1)))
-    raise ContractError(
-        f"{what} must be an integer >= 0 or a percentage of the scope like 2% or 2.5%: got {show(text)}"
-    )
+    raise BadInput(f"{what} must be an integer >= 0 or a percentage of the scope like 2% or 2.5%: got {show(text)}")
 
 
 DEFAULT_BUDGET = 1
@@ -68,7 +66,7 @@ class Settings:
     cp_url: str
     target_tag: str
     expected_sha: str | None
-    tenants: TenantAccess | None  # None: no tenant URL template, so no soak polling and no verify
+    tenant_access: TenantAccess | None  # None: no tenant URL template, so no soak polling and no verify
     canary_slug: str
     soak_seconds: int
     batch_size: int
@@ -96,23 +94,23 @@ def settings_from(values: Mapping[str, str], environ: Mapping[str, str]) -> Sett
     cp_url = read.url("cp-url", allow_http)
     tag = inputs.required("target-tag", read.text("target-tag"))
     if not TAG.fullmatch(tag):
-        raise ContractError(f"target-tag must be an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*): got {show(tag)}")
+        raise BadInput(f"target-tag must be an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*): got {show(tag)}")
     canary = read.text("canary-slug")
     if canary:
         contract.check_slug(canary, "canary-slug")
     slugs = read.slugs("slugs")
-    tenants = inputs.tenant_access(values)
-    if tenants is not None:
+    access = inputs.tenant_access(values)
+    if access is not None:
         verify_settings(values)  # verify's inputs fail here, before the fleet moves
     verify_after = read.boolean("verify")
-    if verify_after and tenants is None:
-        raise ContractError("verify true needs tenant-url-template: the tenants to poll")
+    if verify_after and access is None:
+        raise BadInput("verify true needs tenant-url-template: the tenants to poll")
     sha = read.text("expected-sha")
     return Settings(
         cp_url=cp_url,
         target_tag=tag,
         expected_sha=inputs.expected_sha(sha) if sha else None,
-        tenants=tenants,
+        tenant_access=access,
         canary_slug=canary,
         soak_seconds=read.integer("soak-seconds"),
         batch_size=read.integer("batch-size"),
@@ -194,7 +192,7 @@ def make_plan(settings: Settings, fleet: list[str]) -> Plan:
     scope = contract.narrow(fleet, settings.slugs) if settings.slugs is not None else list(fleet)
     canary = settings.canary_slug
     if canary and canary not in fleet:
-        raise ContractError(f"canary-slug {show(canary)} is not in the control plane's fleet")
+        raise BadInput(f"canary-slug {show(canary)} is not in the control plane's fleet")
     if canary and canary not in scope:
         notes.append(f"canary {canary} is outside the scope (slugs) and is not redeployed")
         canary = ""
@@ -273,7 +271,7 @@ def plan_record(settings: Settings, plan: Plan | None) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "dry_run": settings.dry_run,
         "budget": {"requested": settings.budget.text, "source": settings.budget.source},
-        "tenant_url_template": settings.tenants.template if settings.tenants else "",
+        "tenant_url_template": settings.tenant_access.template if settings.tenant_access else "",
     }
     if plan is not None:
         record["budget"]["resolved"] = plan.budget

@@ -36,7 +36,7 @@ def recovery_command(settings: Settings, slugs: list[str]) -> str:
     if value_of("quarantine-issues", given.get("quarantine-issues", "false")) is True and given.get("api-url"):
         args += ["--api-url", given["api-url"]]  # the ledger's forge: the recovery closes the tenant's issue
     args += ["--slugs", ",".join(slugs), "--max-stragglers", "0", "--soak-seconds", "0"]
-    if settings.tenants is not None and settings.expected_sha:
+    if settings.tenant_access is not None and settings.expected_sha:
         args += ["--verify", "true"]
     return "CP_TOKEN=... " + shlex.join(args)
 
@@ -73,7 +73,7 @@ def _counts(ok: bool, settings: Settings, plan: Plan, result: Result) -> list[st
 
 def _stragglers(ok: bool, settings: Settings, result: Result) -> list[str]:
     """The stragglers with their reasons, and the command that redeploys just them."""
-    stragglers = [t for t in result.tenants.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
+    stragglers = [t for t in result.outcomes.values() if t.outcome in (Outcome.STRAGGLER, Outcome.QUARANTINED)]
     if not stragglers:
         return []
     parts = [f"### {'Quarantined: recover individually' if ok else 'Stragglers'}", ""]
@@ -111,6 +111,6 @@ def _outside(outside: list[str]) -> list[str]:
 def _tenants(result: Result) -> str:
     # The action's own step (`batch 2/3`, as the log says), not the control plane's label for its row.
     clip = markdown.clip
-    rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(clip(t.reason or ""))) for t in result.tenants.values()]
+    rows = [(f"`{t.slug}`", t.step or "", t.outcome, md(clip(t.reason or ""))) for t in result.outcomes.values()]
     table = markdown.table(("tenant", "step", "outcome", "reason"), rows)
     return markdown.fold(f"Tenants ({len(rows)})", table, len(rows))

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from fleet.contract import ContractError, show
+from fleet.contract import BadInput, show
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def parse_cap(text: str, what: str = "max-batch-size") -> CapSpec:
     match = re.fullmatch(r"(\d{1,3}(?:\.\d{1,4})?)%", text)
     if match and 0 < Decimal(match.group(1)) <= 100:
         return CapSpec(text, percent=Decimal(match.group(1)))
-    raise ContractError(
+    raise BadInput(
         f"{what} must be empty, an integer >= 1, or a percentage of the scope from above 0% to 100% "
         f"(such as 25%): got {show(text)}"
     )

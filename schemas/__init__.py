@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -12,6 +13,7 @@ NAMES = ("slug", "redeploy-request", "redeploy-response", "buildinfo", "report")
 
 
 @cache
-def load(name: str) -> dict:
+def load(name: str) -> dict[str, Any]:
     """The schema document ``schemas/<name>.schema.json``."""
-    return json.loads((HERE / f"{name}.schema.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads((HERE / f"{name}.schema.json").read_text(encoding="utf-8"))
+    return schema

@@ -30,7 +30,7 @@ from faultservers import (
 from support import SHA, TAG, run_step
 
 from fleet import tenant as fleet_tenant
-from fleet.tenant import Tenants, health_problem
+from fleet.tenant import TenantClient, health_problem
 from fleet.vocabulary import State
 from rollout import drive
 from rollout.cli import main as rollout_main
@@ -125,7 +125,7 @@ def test_tenant_dripping_a_byte_at_a_time_still_ends_at_the_verify_deadline(veri
 
 def test_tenants_get_with_dripping_headers_returns_at_its_deadline(serve):
     server = serve(tenant("acme", healthz=header_drip()))
-    tenants = Tenants(server.url + "/t/{slug}", allow_http=False, ca_bundle=None)
+    tenants = TenantClient(server.url + "/t/{slug}", allow_http=False, ca_bundle=None)
     began = time.monotonic()
     reply_ = tenants.get(tenants.base("acme") + "/healthz", time.monotonic() + 1.0)
     assert time.monotonic() - began < 1.5  # a read timeout alone restarts with every byte
@@ -314,7 +314,7 @@ def test_tenant_plain_http_to_a_remote_host_is_used_with_allow_http(verify, serv
 
 def test_tenant_tls_handshake_that_times_out_names_its_phase_and_time(serve, certs):
     server = serve(tenant("acme"), tls=certs.server_context(), silent_handshakes=range(1, 100))
-    tenants = Tenants(server.url + "/t/{slug}", allow_http=False, ca_bundle=str(certs.ca))
+    tenants = TenantClient(server.url + "/t/{slug}", allow_http=False, ca_bundle=str(certs.ca))
     began = time.monotonic()
     reply_ = tenants.get(tenants.base("acme") + "/healthz", time.monotonic() + 0.6)
     assert time.monotonic() - began < 1.5

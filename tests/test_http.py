@@ -48,7 +48,7 @@ import fleet
 from fleet import http
 from fleet.cp import ControlPlane
 from fleet.forge import Forge, Where
-from fleet.tenant import Tenants
+from fleet.tenant import TenantClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_the_control_plane_tenants_and_forge_send_the_same_user_agent(serve, mon
     server = serve(routes)
     ControlPlane(server.url, "cpt-UA", timeout=3).enumerate({"target_tag": "v1", "confirm": True})
     assert (
-        Tenants(server.url + "/t/{slug}", allow_http=False, ca_bundle=None)
+        TenantClient(server.url + "/t/{slug}", allow_http=False, ca_bundle=None)
         .get(server.url + "/t/acme/healthz", time.monotonic() + 3)
         .status
         == 200

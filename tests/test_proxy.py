@@ -28,7 +28,7 @@ from faultservers import (
 from support import SHA, TAG, run_step
 
 from fleet import cp as cp_module
-from fleet.tenant import Tenants
+from fleet.tenant import TenantClient
 from rollout.cli import main
 
 TOKEN = "cpt-Proxy-Sentinel-2b7eR4"
@@ -198,7 +198,7 @@ def test_the_whole_answer_deadline_holds_through_the_tunnel_for_a_tenant(serve, 
     through = proxy()
     server = serve({"/t/acme/healthz": header_drip()}, tls=certs.server_context())
     environment.setenv("https_proxy", through.url)
-    tenants = Tenants(server.url + "/t/{slug}", allow_http=False, ca_bundle=str(certs.ca))
+    tenants = TenantClient(server.url + "/t/{slug}", allow_http=False, ca_bundle=str(certs.ca))
     began = time.monotonic()
     answer = tenants.get(server.url + "/t/acme/healthz", time.monotonic() + 0.8)
     assert time.monotonic() - began < 2.0

@@ -9,7 +9,7 @@ from faultservers import json_reply
 from support import SHA, TAG, StepRun, run_step
 
 from fleet import forge, ledger
-from fleet.contract import ContractError
+from fleet.contract import BadInput
 from fleet.forge import Forge, ForgeError, Where
 from fleet.quarantine import LedgerSettings, Record, keep, ledger_settings, merged, run_url, summary
 from rollout.cli import main as rollout_main
@@ -305,7 +305,7 @@ def test_the_ledgers_inputs_are_checked_before_any_call():
         ({"quarantine-label": ""}, "quarantine-label must be"),
         ({"quarantine-issues": "maybe"}, "quarantine-issues must be true or false"),
     ]:
-        with pytest.raises(ContractError, match=said):
+        with pytest.raises(BadInput, match=said):
             ledger_settings(base | bad)
 
 

@@ -431,7 +431,7 @@ def test_a_contract_break_after_a_redeploy_is_a_failed_rollout_not_bad_input(sta
     from rollout import coverage
 
     def broken(expected, answer, **kw):
-        raise coverage.ContractError("redeploy answer rejected: two results for slug 'acme'")
+        raise coverage.BadAnswer("redeploy answer rejected: two results for slug 'acme'")
 
     sb = start("clean")
     monkeypatch.setattr(coverage, "assess", broken)

@@ -39,7 +39,7 @@ class Checked:
     settings: Settings | None = None
     scope: Scope = field(default_factory=lambda: Scope([], [], ""))
     held: dict[str, Seen] = field(default_factory=dict)
-    polled: poll.Fleet | None = None
+    polled: poll.PollState | None = None
     seen: dict[str, Seen] | None = None
     ledger: Record | None = None  # the issues closed for the tenants a successful run verified
 
@@ -51,7 +51,7 @@ class Checked:
         if self.polled is None:
             return dict(self.held)
         seen = {s: self.polled.seen.get(s) or self.held.get(s) or (CANCELLED if cancelled else None)
-                for s in self.scope.tenants}  # fmt: skip
+                for s in self.scope.slugs}  # fmt: skip
         return {slug: s for slug, s in seen.items() if s is not None}
 
 
@@ -85,12 +85,12 @@ class Verify(step.Step[Checked]):
             checked = replace(checked, settings=settings)
             scope = scope_from(values, checked.doc)
             quarantined = set(scope.quarantined)
-            held = {slug: verdict.quarantined() for slug in scope.tenants if slug in quarantined}
-            targets = [s for s in scope.tenants if s not in held]  # exact, whole-string: `reno` is not `reno-stars`
+            held = {slug: verdict.quarantined() for slug in scope.slugs if slug in quarantined}
+            targets = [s for s in scope.slugs if s not in held]  # exact, whole-string: `reno` is not `reno-stars`
             _announce(scope, settings, targets)
-            fleet = poll.Fleet(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
-            checked = replace(checked, scope=scope, held=held, polled=fleet)
-            checked = replace(checked, seen=_poll(given, settings, scope, fleet, held))
+            state = poll.PollState(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
+            checked = replace(checked, scope=scope, held=held, polled=state)
+            checked = replace(checked, seen=_poll(given, settings, scope, state, held))
             return replace(checked, ledger=_close(given, checked, keeping))
         except (Exception, runner.Terminated) as exc:  # noqa: BLE001 - what was learned goes with the cause
             raise step.Partial(checked, exc) from None
@@ -140,7 +140,7 @@ def _announce(scope: Scope, settings: Settings, targets: list[str]) -> None:
             f"{counted(len(targets), 'tenant')} in its scope; this step stays failed"
         )
     else:
-        held = len(set(scope.quarantined) & set(scope.tenants))
+        held = len(set(scope.quarantined) & set(scope.slugs))
         runner.log(
             f"verify: {counted(len(targets), 'tenant')} from {scope.source} must serve {settings.expected_sha}; "
             f"{held} quarantined; deadline {settings.timeout:g} s, poll every {settings.interval:g} s"
@@ -150,12 +150,12 @@ def _announce(scope: Scope, settings: Settings, targets: list[str]) -> None:
 
 
 def _poll(
-    given: StepInputs, settings: Settings, scope: Scope, fleet: poll.Fleet, held: dict[str, Seen]
+    given: StepInputs, settings: Settings, scope: Scope, state: poll.PollState, held: dict[str, Seen]
 ) -> dict[str, Seen]:
     """Poll the tenants to their verdicts; the stale ones are judged again against the branch's head as
     it is by then."""
-    tenants = settings.tenants
-    forge = Forge(settings.api_url, given.api_token, allow_http=tenants.allow_http, ca_bundle=tenants.ca_bundle)
+    access = settings.tenant_access
+    forge = Forge(settings.api_url, given.api_token, allow_http=access.allow_http, ca_bundle=access.ca_bundle)
     where = Where.from_environment(os.environ)
 
     def heads() -> str | None:
@@ -165,10 +165,10 @@ def _poll(
 
     head = heads()
     poll.poll(
-        tenants.client(settings.concurrency), fleet, settings.expected_sha, head,
+        access.client(settings.concurrency), state, settings.expected_sha, head,
         timeout=settings.timeout, interval=settings.interval, concurrency=settings.concurrency, progress=_progress,
     )  # fmt: skip
-    seen = {slug: fleet.seen.get(slug) or held[slug] for slug in scope.tenants}
+    seen = {slug: state.seen.get(slug) or held[slug] for slug in scope.slugs}
     if any(s.state == State.STALE for s in seen.values()):
         seen = _ahead(seen, settings.expected_sha, head, heads)
     return seen
@@ -187,7 +187,7 @@ def _close(given: StepInputs, checked: Checked, keeping: LedgerSettings) -> Reco
     settings, seen = checked.settings, checked.seen
     shipped = rollout.get("verdict") in SHIPPING and not checked.scope.survey and _decide(checked, seen, None).ok
     run = ledger.Run("", settings.expected_sha, quarantine.run_url(os.environ), shipped, {}, _verified(doc, seen))
-    access = settings.tenants
+    access = settings.tenant_access
     forge = Forge(settings.api_url, given.api_token, allow_http=access.allow_http, ca_bundle=access.ca_bundle)
     return quarantine.keep(forge, Where.from_environment(os.environ), keeping, run)
 
@@ -268,9 +268,9 @@ def _ahead(seen: dict[str, Seen], expected: str, head: str | None, heads: Callab
     }
 
 
-def _progress(fleet: poll.Fleet, left: float) -> None:
-    waiting = fleet.waiting()
-    total = len(fleet.slugs)
+def _progress(state: poll.PollState, left: float) -> None:
+    waiting = state.waiting()
+    total = len(state.slugs)
     runner.log(f"verified {total - waiting}/{total}, waiting on {waiting}, {left:.0f} s left")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet import runner
-from fleet.tenant import Reply, Tenants
+from fleet.tenant import Reply, TenantClient
 from fleet.vocabulary import State
 from verify import verdict
 from verify.verdict import Seen
@@ -24,7 +24,7 @@ PROGRESS_EVERY = 10.0
 
 
 @dataclass
-class Fleet:
+class PollState:
     """What the poll knows so far; `seen` holds each tenant's latest verdict."""
 
     slugs: list[str]
@@ -37,31 +37,31 @@ class Fleet:
 
 
 def poll(
-    tenants: Tenants,
-    fleet: Fleet,
+    client: TenantClient,
+    state: PollState,
     expected_sha: str,
     head: str | None = None,
     *,
     timeout: float,
     interval: float,
     concurrency: int,
-    progress: Callable[[Fleet, float], None] = lambda fleet, left: None,
-) -> Fleet:
-    """Poll `fleet.slugs` until every one is done (`fleet.done`) or `timeout` passes, recording each tenant's
-    latest verdict in `fleet.seen` as it goes (so a caller stopped part-way still has them). A tenant
+    progress: Callable[[PollState, float], None] = lambda state, left: None,
+) -> PollState:
+    """Poll `state.slugs` until every one is done (`state.done`) or `timeout` passes, recording each tenant's
+    latest verdict in `state.seen` as it goes (so a caller stopped part-way still has them). A tenant
     that never answered before the deadline is unreachable."""
     start = time.monotonic()
-    round_ = _Round(tenants, fleet, expected_sha, head, start + timeout, interval)
+    round_ = _Round(client, state, expected_sha, head, start + timeout, interval)
     workers = [threading.Thread(target=round_.work, daemon=True, name=f"poll-{i}") for i in range(max(1, concurrency))]
-    for worker in workers[: max(1, min(concurrency, len(fleet.slugs)))]:
+    for worker in workers[: max(1, min(concurrency, len(state.slugs)))]:
         worker.start()
     try:
         round_.watch(start, progress)
     finally:
         round_.end()
-    for slug in fleet.slugs:
-        fleet.seen.setdefault(slug, Seen(State.UNREACHABLE, "no answer before the deadline"))
-    return fleet
+    for slug in state.slugs:
+        state.seen.setdefault(slug, Seen(State.UNREACHABLE, "no answer before the deadline"))
+    return state
 
 
 class _Round:
@@ -69,17 +69,23 @@ class _Round:
     under one lock, until every tenant is done or the deadline passes."""
 
     def __init__(
-        self, tenants: Tenants, fleet: Fleet, expected_sha: str, head: str | None, deadline: float, interval: float
+        self,
+        client: TenantClient,
+        state: PollState,
+        expected_sha: str,
+        head: str | None,
+        deadline: float,
+        interval: float,
     ) -> None:
-        self.tenants, self.fleet, self.expected_sha, self.head = tenants, fleet, expected_sha, head
+        self.client, self.state, self.expected_sha, self.head = client, state, expected_sha, head
         self.deadline, self.interval = deadline, interval
-        self.urls = {slug: tenants.base(slug) for slug in fleet.slugs}  # every URL is checked before the first request
+        self.urls = {slug: client.base(slug) for slug in state.slugs}  # every URL is checked before the first request
         start = time.monotonic()
-        self.due = [(start, i, slug) for i, slug in enumerate(fleet.slugs)]
+        self.due = [(start, i, slug) for i, slug in enumerate(state.slugs)]
         heapq.heapify(self.due)
         self.lock = threading.Condition()
         self.done = threading.Event()
-        self.open = len(fleet.slugs)
+        self.open = len(state.slugs)
 
     def work(self) -> None:
         _leave_signals_to_the_main_thread()
@@ -91,7 +97,7 @@ class _Round:
             order, slug = taken
             began = time.monotonic()
             try:
-                seen = _look(self.tenants, self.urls[slug], self.expected_sha, self.head, self.deadline, companion)
+                seen = _look(self.client, self.urls[slug], self.expected_sha, self.head, self.deadline, companion)
             except Exception as exc:  # noqa: BLE001 - one odd answer must not cost a worker
                 seen = Seen(State.UNHEALTHY, f"answer could not be judged: {type(exc).__name__}")
             if not self.record(slug, order, seen, began):
@@ -109,14 +115,14 @@ class _Round:
 
     def record(self, slug: str, order: int, seen: Seen, began: float) -> bool:
         """Keep a tenant's verdict and queue it again unless it is done; False when the poll is over."""
-        fleet = self.fleet
+        state = self.state
         with self.lock:
             if self.done.is_set():
                 return False  # the poll is over: a late answer changes nothing
-            if time.monotonic() <= self.deadline or slug not in fleet.seen:
-                fleet.seen[slug] = seen
-            fleet.polls += 1
-            if seen.state not in fleet.done:
+            if time.monotonic() <= self.deadline or slug not in state.seen:
+                state.seen[slug] = seen
+            state.polls += 1
+            if seen.state not in state.done:
                 heapq.heappush(self.due, (began + self.interval * random.uniform(1 - JITTER, 1), order, slug))
                 self.lock.notify()
                 return True
@@ -126,18 +132,18 @@ class _Round:
                 self.lock.notify_all()
             return True
 
-    def watch(self, start: float, progress: Callable[[Fleet, float], None]) -> None:
+    def watch(self, start: float, progress: Callable[[PollState, float], None]) -> None:
         """Wait for the end of the poll in the main thread, which a signal interrupts at once, telling
         progress every PROGRESS_EVERY seconds."""
         next_progress = start + PROGRESS_EVERY
-        while self.fleet.slugs and not self.done.is_set():
+        while self.state.slugs and not self.done.is_set():
             now = time.monotonic()
             if now >= self.deadline:
                 break
             self.done.wait(timeout=min(self.deadline, next_progress) - now)
             if time.monotonic() >= next_progress and not self.done.is_set():
                 with self.lock:
-                    progress(self.fleet, max(0.0, self.deadline - time.monotonic()))
+                    progress(self.state, max(0.0, self.deadline - time.monotonic()))
                 next_progress += PROGRESS_EVERY
 
     def end(self) -> None:
@@ -174,8 +180,8 @@ class _Companion:
 
 
 def _look(
-    tenants: Tenants, base: str, expected_sha: str, head: str | None, deadline: float, companion: _Companion
+    client: TenantClient, base: str, expected_sha: str, head: str | None, deadline: float, companion: _Companion
 ) -> Seen:
-    companion.start(lambda: tenants.get(base + tenants.buildinfo_path, deadline))
-    health = tenants.get(base + tenants.healthz_path, deadline)
+    companion.start(lambda: client.get(base + client.buildinfo_path, deadline))
+    health = client.get(base + client.healthz_path, deadline)
     return verdict.classify(health, companion.result(), expected_sha, head)

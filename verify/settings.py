@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import contract, inputs, report, runner
-from fleet.contract import ContractError, show
+from fleet.contract import BadInput, show
 from fleet.tenant import TenantAccess
 from fleet.vocabulary import Follow, Outcome
 
@@ -17,7 +17,7 @@ from fleet.vocabulary import Follow, Outcome
 @dataclass(frozen=True)
 class Settings:
     expected_sha: str
-    tenants: TenantAccess
+    tenant_access: TenantAccess
     timeout: float
     interval: float
     concurrency: int
@@ -29,12 +29,12 @@ def settings_from(values: Mapping[str, str]) -> Settings:
     """Typed settings; the first bad input is a ContractError naming it. The rollout calls this too, so
     a bad verify input fails before the fleet moves."""
     read = inputs.Typed(values)
-    tenants = inputs.tenant_access(values)
-    if tenants is None:
-        raise ContractError("tenant-url-template is required to verify")
+    access = inputs.tenant_access(values)
+    if access is None:
+        raise BadInput("tenant-url-template is required to verify")
     return Settings(
         expected_sha=inputs.expected_sha(inputs.required("expected-sha", read.text("expected-sha"))),
-        tenants=tenants,
+        tenant_access=access,
         timeout=read.seconds("verify-timeout-seconds"),
         interval=read.seconds("poll-interval-seconds"),
         concurrency=read.integer("concurrency"),
@@ -48,7 +48,7 @@ class Scope:
     """What verify covers: the tenants, the quarantined ones, where they came from, and, in a survey
     after a failed rollout, what the rollout did to each."""
 
-    tenants: list[str]
+    slugs: list[str]
     quarantined: list[str]
     source: str
     survey: str = ""  # what failed, when this is a survey: the rollout's verdict, or the answer's ok: false
@@ -64,7 +64,7 @@ def read_report(path: str, elsewhere: bool) -> dict[str, Any] | None:
         return report.read(path)
     if elsewhere:
         return None
-    raise ContractError(f"--report {show(path)} does not exist: verify reads the rollout's report from it")
+    raise BadInput(f"--report {show(path)} does not exist: verify reads the rollout's report from it")
 
 
 def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
@@ -82,7 +82,7 @@ def scope_from(values: Mapping[str, str], doc: dict[str, Any] | None) -> Scope:
     if values["slugs"]:
         slugs = contract.parse_slug_list(values["slugs"], "slugs")
         return Scope(slugs, parse_stragglers(values["stragglers"]), "--slugs")
-    raise ContractError(
+    raise BadInput(
         "no tenants to verify: give --report (the rollout's report), --response (a redeploy-fleet answer) or --slugs"
     )
 
@@ -93,7 +93,7 @@ def _from_report(doc: dict[str, Any]) -> Scope:
     scope = list((doc.get("plan") or {}).get("scope") or [])
     verdict = str(rollout["verdict"])
     if "follow" not in rollout:
-        raise ContractError(
+        raise BadInput(
             "the report's rollout does not say what follows it (a report from an older version): roll out "
             "again, or name the tenants with --slugs"
         )
@@ -102,7 +102,7 @@ def _from_report(doc: dict[str, Any]) -> Scope:
         outcomes = {t["slug"]: Outcome(t["outcome"]) for t in doc.get("tenants", [])}
         return Scope(scope, [], "the failed rollout's report", verdict, outcomes, announced=True)
     if follow == Follow.NONE:
-        raise ContractError(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
+        raise BadInput(f"the report's rollout did not ship ({show(verdict)}): nothing to verify")
     return Scope(scope, list(doc.get("stragglers", [])), "the rollout's report")
 
 
@@ -118,7 +118,7 @@ def parse_stragglers(text: str) -> list[str]:
     if text.startswith("["):
         items = contract.parse_json(text, "stragglers")
         if not isinstance(items, list):
-            raise ContractError("stragglers must be a JSON array of slugs")
+            raise BadInput("stragglers must be a JSON array of slugs")
         for item in items:
             contract.check_slug(item, "stragglers")
         return contract.unique_slugs(items, "stragglers")
@@ -132,12 +132,12 @@ def read_response(path: str) -> Scope:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ContractError(f"cannot read --response {show(path)}: {exc.strerror}") from None
+        raise BadInput(f"cannot read --response {show(path)}: {exc.strerror}") from None
     what = f"--response {show(path)}"
     answer = contract.validate("redeploy-response", contract.parse_json(raw, what), f"{what} rejected")
     nameless = contract.unnamed(answer["results"])
     if nameless:
-        raise ContractError(f"{what} rejected: a row names no tenant (no slug): {nameless[0]}")
+        raise BadInput(f"{what} rejected: a row names no tenant (no slug): {nameless[0]}")
     slugs = contract.unique_slugs((row["slug"] for row in answer["results"]), f"{what} rejected")
     stragglers = contract.unique_slugs(answer.get("stragglers") or [], f"{what} rejected: stragglers")
     # A straggler without a row is still named: quarantined, never silently left out.
