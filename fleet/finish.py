@@ -32,7 +32,14 @@ def outputs(doc: dict[str, Any] | None, path: str, verify_outcome: str = "") -> 
         "verified-count": str(counts.get("verified", "")),
         "failed-count": str(counts.get("failed", "")),
         "report-path": path,
+        "chronic": _chronic(doc),
     }
+
+
+def _chronic(doc: dict[str, Any]) -> str:
+    """The tenants at or over max-quarantine-streak, as the quarantine ledger recorded them; [] without one."""
+    ledger = doc.get("ledger") or {}
+    return json.dumps(list(ledger.get("chronic") or []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

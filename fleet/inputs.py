@@ -164,6 +164,22 @@ INPUTS: dict[str, Input] = {
             recovery=True,
         ),
         Input("ca-bundle", Kind.FILE, "CA bundle (PEM file) for TLS verification", BOTH, recovery=True),
+        # The quarantine ledger: the rollout opens and comments, the step that ends a successful run closes.
+        Input(
+            "quarantine-issues", Kind.BOOLEAN,
+            "keep one open issue per quarantined tenant in this repository (needs issues: write)", BOTH, "false",
+            recovery=True,
+        ),
+        Input(
+            "quarantine-label", Kind.STRING, "the label that marks the ledger's issues; created if missing", BOTH,
+            "fleet-quarantine", recovery=True,
+        ),
+        Input(
+            "max-quarantine-streak", Kind.STRING,
+            "N: a tenant quarantined by N rollouts in a row fails the step, after the rest shipped; "
+            "empty: never escalate",
+            (ROLLOUT,),
+        ),
         # The command line's own.
         Input("report", Kind.FILE, "path of the JSON report", BOTH, action=False),
         Input(

@@ -12,7 +12,10 @@ from fleet.vocabulary import Follow, RolloutVerdict, VerifyVerdict
 HOLDING = frozenset(
     {RolloutVerdict.SHIPPED, RolloutVerdict.SHIPPED_WITH_QUARANTINE, RolloutVerdict.PLANNED, RolloutVerdict.SUPERSEDED}
 )
-SHIPPING = frozenset({RolloutVerdict.SHIPPED, RolloutVerdict.SHIPPED_WITH_QUARANTINE})
+# The fleet shipped, so verify checks it; a chronic straggler fails the run all the same.
+SHIPPING = frozenset(
+    {RolloutVerdict.SHIPPED, RolloutVerdict.SHIPPED_WITH_QUARANTINE, RolloutVerdict.SHIPPED_WITH_CHRONIC}
+)
 
 
 @dataclass(frozen=True)

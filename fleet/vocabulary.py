@@ -25,6 +25,8 @@ class Word(str, Enum):
 class RolloutVerdict(Word):
     SHIPPED = "shipped"
     SHIPPED_WITH_QUARANTINE = "shipped-with-quarantine"
+    # shipped, but a quarantined tenant reached max-quarantine-streak: the tolerance turned chronic
+    SHIPPED_WITH_CHRONIC = "shipped-with-chronic-straggler"
     PLANNED = "planned"  # a dry run
     SUPERSEDED = "superseded"  # the branch moved on: nothing deployed, the newer run deploys
     CANARY_FAILED = "canary-failed"

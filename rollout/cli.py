@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fleet import inputs, report, runner, step
+from fleet import inputs, ledger, quarantine, report, runner, step
 from fleet.cp import ControlPlane
+from fleet.forge import Forge, Where
 from fleet.inputs import StepInputs
+from fleet.quarantine import LedgerSettings, Record
 from fleet.runner import EXIT_BAD_INPUT, EXIT_FAILED
-from fleet.verdict import RolloutEnd, RunVerdict, run_verdict
+from fleet.verdict import SHIPPING, RolloutEnd, RunVerdict, run_verdict
 from fleet.vocabulary import Follow, Outcome, RolloutVerdict, counted, listed
 from rollout import drive, gate, summary
 from rollout.drive import Result
@@ -34,13 +36,14 @@ VERIFY_NAMES = inputs.action_flags(inputs.VERIFY)
 class Rolled:
     """What the rollout step did, as far as it got: its settings, its plan, the control-plane client
     (its calls, and whether a real one went out), and the drive's result, or the End the environment's
-    kill switch made before anything was sent."""
+    kill switch made before anything was sent; and what the quarantine ledger recorded, when it is kept."""
 
     settings: Settings | None = None
     plan: Plan | None = None
     cp: ControlPlane | None = None
     result: Result | None = None
     halted: End | None = None
+    ledger: Record | None = None
 
     @property
     def touched(self) -> bool:
@@ -65,6 +68,7 @@ class Rollout(step.Step[Rolled]):
 
     def work(self, given: StepInputs) -> Rolled:
         settings = settings_from(given.values, os.environ)
+        keeping = quarantine.ledger_settings(given.values)
         rolled = Rolled(settings)
         try:
             token = given.check_token()
@@ -76,7 +80,8 @@ class Rollout(step.Step[Rolled]):
             rolled = replace(rolled, plan=plan)
             cp.deadline = time.monotonic() + run_seconds(settings, plan)  # no call outlives the rollout's
             _log_plan(settings, plan)
-            return replace(rolled, result=drive.run(settings, plan, cp, drive.health_watch(settings), checks))
+            rolled = replace(rolled, result=drive.run(settings, plan, cp, drive.health_watch(settings), checks))
+            return replace(rolled, ledger=_keep(given, settings, keeping, rolled.result))
         except gate.Stop as stop:
             return replace(rolled, halted=stop.end)
         except drive.BrokeOff as broke:
@@ -121,8 +126,8 @@ class Rollout(step.Step[Rolled]):
                 # What runs next, as fleet.verdict decided it: verify's `if:` in the action reads it.
                 "verify": run.next,
             },
-            summary=summary.render(run, settings, rolled.plan, result),
-            warnings=_warnings(result),
+            summary=summary.render(run, settings, rolled.plan, result) + quarantine.section(rolled.ledger),
+            warnings=_warnings(result) + quarantine.warnings(rolled.ledger),
             then=_then(given, settings, run),
         )
 
@@ -138,7 +143,36 @@ def _ended(rolled: Rolled, failure: step.Failure | None) -> tuple[Result | None,
     if rolled.halted is not None:
         return result, rolled.halted
     assert result is not None
+    chronic = rolled.ledger.escalation() if rolled.ledger is not None and result.verdict in SHIPPING else []
+    if chronic:  # the fleet shipped; then the tolerance's limit fails the step
+        message = f"{result.message}; a chronic straggler: {'; '.join(chronic)}"
+        return result, End(RolloutVerdict.SHIPPED_WITH_CHRONIC, message, superseded_by=result.superseded_by)
     return result, End(result.verdict, result.message, superseded_by=result.superseded_by)
+
+
+def _keep(given: StepInputs, settings: Settings, keeping: LedgerSettings, result: Result | None) -> Record | None:
+    """The quarantine ledger after the drive: the rollout opens or comments on each quarantined tenant's
+    issue, and closes the issues of the tenants it redeployed when no verify follows (else verify does,
+    for those it verifies). It never raises: a failure is its record's warning."""
+    if not keeping.on or result is None:
+        return None
+    verify_follows = settings.tenant_access is not None and (given.action or settings.verify_after)
+    forge = Forge(settings.api_url, given.api_token, allow_http=settings.allow_http, ca_bundle=settings.ca_bundle)
+    return quarantine.keep(
+        forge, Where.from_environment(os.environ), keeping, _ledger_run(settings, result, verify_follows)
+    )
+
+
+def _ledger_run(settings: Settings, result: Result, verify_follows: bool) -> ledger.Run:
+    """What the rollout did, as the ledger reads it."""
+    tenants = result.outcomes.values()
+    quarantined = {t.slug: t.reason or "" for t in tenants if t.outcome == Outcome.QUARANTINED}
+    redeployed = frozenset(t.slug for t in tenants if t.outcome == Outcome.REDEPLOYED and not verify_follows)
+    return ledger.Run(
+        settings.target_tag, settings.expected_sha or "(no expected-sha given)", quarantine.run_url(os.environ),
+        result.verdict in SHIPPING, quarantined, redeployed,
+        {slug: summary.recovery_command(settings, [slug]) for slug in quarantined},
+    )  # fmt: skip
 
 
 def _warnings(result: Result | None) -> list[str]:
@@ -167,6 +201,8 @@ def _report(rolled: Rolled, result: Result | None, ended: End, run: RunVerdict, 
     doc["calls"] = cp.calls if cp is not None else []
     if result is not None:
         doc |= _outcomes(settings, result)
+    if rolled.ledger is not None:
+        doc["ledger"] = rolled.ledger.part()
     doc["rollout"] = {
         "ok": run.ok,
         "verdict": ended.verdict,

@@ -25,13 +25,17 @@ ICONS: dict[str, str] = {
 def recovery_command(settings: Settings, slugs: list[str]) -> str:
     """The one command that redeploys just `slugs`, strictly and without a canary, and then verifies
     exactly them against the expected build. It repeats each input the list marks for recovery that was
-    given another value than its default. It runs wherever the action's package is installed."""
+    given another value than its default, and the forge's API when the quarantine ledger is kept. It runs
+    wherever the action's package is installed (the forge's token from API_TOKEN, the repository from
+    GITHUB_REPOSITORY)."""
     given = settings.given
     args = ["python", "-m", "rollout"]
     for item in INPUTS.values():
         value = given.get(item.name, item.default)
         if item.recovery and value_of(item.name, value) != value_of(item.name, item.default):
             args += [f"--{item.name}", "true" if value_of(item.name, value) is True else value]
+    if value_of("quarantine-issues", given.get("quarantine-issues", "false")) is True and given.get("api-url"):
+        args += ["--api-url", given["api-url"]]  # the ledger's forge: the recovery closes the tenant's issue
     args += ["--slugs", ",".join(slugs), "--max-stragglers", "0", "--soak-seconds", "0"]
     if settings.tenant_access is not None and settings.expected_sha:
         args += ["--verify", "true"]

@@ -2,8 +2,10 @@
 
 Eight tenants, canary `acme`, and `reno-stars` wedged (its data volume won't recreate, so its healthz
 answers 503 after a redeploy). The action should quarantine reno-stars, ship the build to the other
-seven, verify them, and say so. The demo shows act's log of the action's steps, then explains the
-outcome from what the sandbox control plane saw.
+seven, verify them, and say so; its quarantine ledger opens an issue for reno-stars. The demo shows
+act's log of the action's steps, then explains the outcome from what the sandbox saw. With --twice it
+runs the action again on the same sandbox: reno-stars is quarantined again, and its issue gets a
+comment and the streak 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import Sandbox, load_scenario
+from sandbox.__main__ import show_issues
 from sandbox.act import Act, find_act, project_copy
 
 # act empties RUNNER_TEMP, where the action writes its report, when the job ends: a step of the job copies it.
@@ -54,6 +57,10 @@ def workflow(sandbox: Sandbox, head: str) -> dict[str, Any]:
                             "soak-seconds": "2",
                             "poll-interval-seconds": "0.5",
                             "max-stragglers": "1",
+                            # The quarantine ledger: one issue per quarantined tenant; a third
+                            # quarantine in a row would fail the step.
+                            "quarantine-issues": "true",
+                            "max-quarantine-streak": "3",
                         },
                     },
                     {
@@ -93,11 +100,14 @@ def show_log(log: str) -> None:
             print("   " + text.rstrip())
 
 
-def explain(sandbox: Sandbox, head: str, outputs: dict[str, Any], outcome: str, report: Path | None) -> None:
+def explain(
+    sandbox: Sandbox, head: str, outputs: dict[str, Any], outcome: str, report: Path | None, since: int = 0
+) -> None:
+    """What the run did (its control-plane calls from the `since`-th on), from what the sandbox saw."""
     state = sandbox.state()["tenants"]
     shipped = sorted(s for s, t in state.items() if t["serving_sha"] == head)
     held = sorted(s for s, t in state.items() if t["serving_sha"] != head)
-    posts = [c for c in sandbox.cp_calls if c["method"] == "POST"]
+    posts = [c for c in sandbox.cp_calls[since:] if c["method"] == "POST"]
     calls = [c for c in posts if not c["dry_run"]]
     print()
     print("What happened")
@@ -119,7 +129,12 @@ def explain(sandbox: Sandbox, head: str, outputs: dict[str, Any], outcome: str, 
         f"  - Verify checked the others' healthz and buildinfo: {outputs.get('verified-count', '?')} verified, "
         f"{outputs.get('failed-count', '?')} failed."
     )
-    print(f"  - The step's outcome: {outcome}; outputs: ok={outputs.get('ok')}.")
+    ledger = (json.loads(report.read_text()) if report is not None else {}).get("ledger") or {}
+    for entry in ledger.get("issues", []):
+        streak = f" (streak {entry['streak']})" if entry.get("streak") else ""
+        done = {"commented": "commented on"}.get(entry["action"], entry["action"])
+        print(f"  - The quarantine ledger {done} issue #{entry['number']} for {entry['tenant']}{streak}.")
+    print(f"  - The step's outcome: {outcome}; outputs: ok={outputs.get('ok')}, chronic={outputs.get('chronic')}.")
     print("  The summary above (lines starting with ## and |) is what GitHub shows on the run page.")
     if report is not None:
         print(f"  The report (every call, every tenant's outcome and verdict) is kept at {report}.")
@@ -132,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, default=KEEP, metavar="DIR", help=f"where the run's report is kept (default: {KEEP})"
     )
+    parser.add_argument(
+        "--twice",
+        action="store_true",
+        help="run the action a second time on the same sandbox: the same tenant quarantined again, streak 2",
+    )
     args = parser.parse_args(argv)
     act = find_act()
     if act is None:
@@ -139,40 +159,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     try:
-        return _run(act, scratch, args.keep)
+        return _run(act, scratch, args.keep, 2 if args.twice else 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def keep_report(text: str | None, keep: Path) -> Path | None:
+def keep_report(text: str | None, keep: Path, run: int = 1) -> Path | None:
     """The run's report, copied where it outlives the run's temporary directories."""
     if not text:
         return None
     keep.mkdir(parents=True, exist_ok=True)
-    path = keep / f"fleet-rollout-report-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    suffix = f"-run{run}" if run > 1 else ""
+    path = keep / f"fleet-rollout-report-{time.strftime('%Y%m%dT%H%M%S')}{suffix}.json"
     path.write_text(text)
     return path
 
 
-def _run(act: str, scratch: Path, keep: Path) -> int:
+def _run(act: str, scratch: Path, keep: Path, runs: int) -> int:
     head = project_copy(scratch / "project")
     runner = Act(act, scratch / "project", scratch / "act-cache")
     scenario = load_scenario("incident")
     # act names the repository nektos/act; the branch main points at the commit being deployed.
     scenario["forge"] = {**scenario["forge"], "repository": "nektos/act", "branch": "main", "head": head}
     print(f"Starting the sandbox control plane with the incident fleet: {scenario['description']}")
+    outcomes = []
     with Sandbox(scenario) as sandbox:
         print(f"  control plane {sandbox.url}, tenants {sandbox.tenant_url_template}")
-        print("Running the action under act (host mode; the first run builds the action's venv)...\n")
-        done = runner.run(workflow(sandbox, head), scratch / "run", env={"FLEET_TOKEN": sandbox.token})
-        outputs = json.loads(done.read("outputs.json") or "{}")
-        outcome = (done.read("outcome") or "outcome=unknown").strip().split("=", 1)[1]
-        kept = keep_report(done.read("report.json"), keep)
-        # The log names the report where the action wrote it, under act's RUNNER_TEMP, which is gone now.
-        gone = outputs.get("report-path") or ""
-        show_log(done.log.replace(gone, str(kept)) if gone and kept else done.log)
-        explain(sandbox, head, outputs, outcome, kept)
-    return 0 if outcome == "success" else 1
+        for run in range(1, runs + 1):
+            said = f" (run {run} of {runs})" if runs > 1 else ""
+            first = " (host mode; the first run builds the action's venv)" if run == 1 else ""
+            print(f"Running the action under act{said}{first}...\n")
+            since = len(sandbox.cp_calls)
+            done = runner.run(workflow(sandbox, head), scratch / f"run{run}", env={"FLEET_TOKEN": sandbox.token})
+            outputs = json.loads(done.read("outputs.json") or "{}")
+            outcome = (done.read("outcome") or "outcome=unknown").strip().split("=", 1)[1]
+            kept = keep_report(done.read("report.json"), keep, run)
+            # The log names the report where the action wrote it, under act's RUNNER_TEMP, which is gone now.
+            gone = outputs.get("report-path") or ""
+            show_log(done.log.replace(gone, str(kept)) if gone and kept else done.log)
+            explain(sandbox, head, outputs, outcome, kept, since)
+            print(f"\nThe forge's issues after run {run} (python -m sandbox issues --url {sandbox.url}):")
+            print("\n".join("   " + line for line in show_issues(sandbox.issues)))
+            print()
+            outcomes.append(outcome)
+    return 0 if all(outcome == "success" for outcome in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -26,4 +26,4 @@ if [ -n "${FLEET_PYTHON:-}" ] && [ -n "$report" ]; then
   fi
 fi
 printf '%s\n' ok=false superseded= 'stragglers=[]' quarantined-count=0 verified-count= failed-count= \
-  "report-path=$report" >> "$GITHUB_OUTPUT"
+  "report-path=$report" 'chronic=[]' >> "$GITHUB_OUTPUT"

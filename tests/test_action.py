@@ -109,67 +109,81 @@ class Run:
     def assert_outputs(self, **expected: str) -> None:
         assert set(self.outputs) == {
             "ok", "superseded", "stragglers", "quarantined-count", "verified-count", "failed-count", "report-path",
+            "chronic",
         }  # fmt: skip
-        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k not in ("report-path", "superseded")}
+        assert self.outputs["chronic"] == expected.pop("chronic", "[]"), self.log
+        skip = ("report-path", "superseded", "chronic")
+        got = {k.replace("-", "_"): v for k, v in self.outputs.items() if k not in skip}
         assert self.outputs["superseded"] == "", self.log
         assert got == expected, self.log
         assert self.outputs["report-path"].endswith(".json")
 
 
-def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, forge: dict | None = None, **inputs: str) -> Run:
-    runner, head = act
+def act_scenario(act: tuple[Act, str], preset: str, forge: dict | None = None) -> tuple[dict, str]:
+    """The preset with a fresh control-plane token; the sandbox plays the forge too: act names the
+    repository nektos/act and the branch main."""
     scenario = load_scenario(preset)
     token = "cp-" + secrets.token_hex(16)
     scenario["token"] = token
-    # The sandbox plays the forge too: act names the repository nektos/act and the branch main.
     scenario["forge"] = {
         **scenario["forge"],
         "repository": "nektos/act",
         "branch": "main",
-        "head": head,
+        "head": act[1],
         **(forge or {}),
     }
+    return scenario, token
+
+
+def run_action(act: tuple[Act, str], tmp_path: Path, preset: str, forge: dict | None = None, **inputs: str) -> Run:
+    scenario, token = act_scenario(act, preset, forge)
     with Sandbox(scenario) as sandbox:
-        with_inputs = {
-            "cp-url": sandbox.url,
-            "cp-token": "${{ env.FLEET_TOKEN }}",
-            "api-url": sandbox.github_api_url,
-            "api-token": sandbox.forge_token,
-            "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
-            "tenant-url-template": sandbox.tenant_url_template,
-            "canary-slug": "acme",
-            "soak-seconds": "0",
-            "max-stragglers": "1",
-            "poll-interval-seconds": "0.2",
-            "verify-timeout-seconds": "20",
-            **inputs,
-        }
-        workflow = {
-            "on": "push",
-            "jobs": {
-                "deploy": {
-                    "runs-on": "ubuntu-latest",
-                    "steps": [
-                        {"uses": "actions/checkout@v4"},
-                        {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
-                        {
-                            "name": "Record",
-                            "if": "always()",
-                            "env": {
-                                "OUTCOME": "${{ steps.fleet.outcome }}",
-                                "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
-                                "REPORT": "${{ steps.fleet.outputs.report-path }}",
-                                "TOKEN": "${{ env.FLEET_TOKEN }}",
-                            },
-                            "run": RECORD,
+        return run_against(act, tmp_path, sandbox, token, **inputs)
+
+
+def run_against(act: tuple[Act, str], tmp_path: Path, sandbox: Sandbox, token: str, **inputs: str) -> Run:
+    """One workflow run of the action against a running sandbox (a sandbox outlives several runs)."""
+    runner, head = act
+    with_inputs = {
+        "cp-url": sandbox.url,
+        "cp-token": "${{ env.FLEET_TOKEN }}",
+        "api-url": sandbox.github_api_url,
+        "api-token": sandbox.forge_token,
+        "target-tag": f"sha-{head}",  # tenants then serve `head`, the default expected-sha
+        "tenant-url-template": sandbox.tenant_url_template,
+        "canary-slug": "acme",
+        "soak-seconds": "0",
+        "max-stragglers": "1",
+        "poll-interval-seconds": "0.2",
+        "verify-timeout-seconds": "20",
+        **inputs,
+    }
+    workflow = {
+        "on": "push",
+        "jobs": {
+            "deploy": {
+                "runs-on": "ubuntu-latest",
+                "steps": [
+                    {"uses": "actions/checkout@v4"},
+                    {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
+                    {
+                        "name": "Record",
+                        "if": "always()",
+                        "env": {
+                            "OUTCOME": "${{ steps.fleet.outcome }}",
+                            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+                            "REPORT": "${{ steps.fleet.outputs.report-path }}",
+                            "TOKEN": "${{ env.FLEET_TOKEN }}",
                         },
-                    ],
-                }
-            },
-        }
-        done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
-        assert done.returncode == 0, done.log
-        return Run(done, sandbox, token)
+                        "run": RECORD,
+                    },
+                ],
+            }
+        },
+    }
+    done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
+    assert done.returncode == 0, done.log
+    return Run(done, sandbox, token)
 
 
 @pytest.mark.act
@@ -311,6 +325,118 @@ def test_the_kill_switch_flipped_mid_rollout_halts_before_the_next_call(act, tmp
     run.assert_token_kept_secret()
 
 
+# -- the quarantine ledger ----------------------------------------------------------------------------
+
+LEDGER = {"quarantine-issues": "true"}
+TITLE = "fleet-rollout: tenant reno-stars is quarantined"
+
+
+def api_of(sandbox: Sandbox, dialect: str) -> str:
+    return sandbox.github_api_url if dialect == "github" else sandbox.gitea_api_url
+
+
+def assert_no_token_in_the_ledger(run: Run, sandbox: Sandbox) -> None:
+    run.assert_token_kept_secret()
+    for text in (run.log, json.dumps(run.report), json.dumps(sandbox.issues), json.dumps(sandbox.forge_calls)):
+        assert run.token not in text and sandbox.forge_token not in text
+
+
+@pytest.mark.act
+@pytest.mark.parametrize("dialect", ["github", "gitea"])
+def test_the_ledger_opens_comments_escalates_and_closes_across_runs(act, tmp_path, dialect):
+    scenario, token = act_scenario(act, "incident", {"token": "forge-" + secrets.token_hex(12)})
+    with Sandbox(scenario) as sb:
+        inputs = {**LEDGER, "api-url": api_of(sb, dialect), "max-quarantine-streak": "2"}
+
+        first = run_against(act, tmp_path / "first", sb, token, **inputs)
+
+        assert first.outcome == "success", first.errors
+        first.assert_outputs(
+            ok="true", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0"
+        )
+        (issue,) = sb.issues
+        assert issue["title"] == TITLE and issue["labels"] == ["fleet-quarantine"] and issue["state"] == "open"
+        assert "quarantined by 1 rollout in a row" in issue["body"] and "actions/runs/" in issue["body"]
+        assert "CP_TOKEN=... python -m rollout" in issue["body"] and "--slugs reno-stars" in issue["body"]
+        creates = [c for c in sb.forge_calls if c["method"] == "POST" and c["path"].split("?")[0].endswith("/issues")]
+        labels = creates[0]["body"]["labels"]
+        assert labels == (["fleet-quarantine"] if dialect == "github" else [sb.labels[0]["id"]])  # Gitea: ids
+        assert "Quarantine ledger" in first.log and first.report["ledger"]["streaks"] == {"reno-stars": 1}
+        assert_no_token_in_the_ledger(first, sb)
+
+        second = run_against(act, tmp_path / "second", sb, token, **inputs)
+
+        # The same issue, a comment, streak 2: at the limit, the step fails after shipping to the rest.
+        assert second.outcome == "failure"
+        second.assert_outputs(
+            ok="false", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0",
+            chronic='["reno-stars"]',
+        )  # fmt: skip
+        (issue,) = sb.issues
+        assert [c["body"].startswith("Quarantined again by") for c in issue["comments"]] == [True]
+        assert "quarantined by 2 rollouts in a row" in issue["comments"][0]["body"]
+        assert "quarantined by 2 rollouts in a row" in issue["body"] and "streak=2 -->" in issue["body"]
+        second_calls = [b["only_slugs"] for b in second.redeploys[len(first.redeploys) :]]
+        assert sorted(s for slugs in second_calls for s in slugs) == sorted(FLEET)  # every tenant again
+        (error,) = [e for e in second.errors if "max-quarantine-streak" in e]
+        assert "tenant reno-stars has been quarantined by 2 rollouts in a row" in error
+        assert issue["html_url"] in error
+        assert second.report is not None and second.report["rollout"]["verdict"] == "shipped-with-chronic-straggler"
+        assert second.report["verify"]["ok"] is True  # the fleet it shipped was verified
+        assert_no_token_in_the_ledger(second, sb)
+
+        sb.set_behaviour("reno-stars", "healthy")  # its data volume was recreated
+        third = run_against(act, tmp_path / "third", sb, token, **inputs)
+
+        assert third.outcome == "success", third.errors
+        third.assert_outputs(ok="true", stragglers="[]", quarantined_count="0", verified_count="8", failed_count="0")
+        (issue,) = sb.issues
+        assert issue["state"] == "closed" and act[1] in issue["comments"][-1]["body"]
+        assert third.report is not None and [e["action"] for e in third.report["ledger"]["issues"]] == ["closed"]
+        assert_no_token_in_the_ledger(third, sb)
+
+
+@pytest.mark.act
+@pytest.mark.parametrize(("dialect", "status"), [("github", 403), ("gitea", 500)])
+def test_a_failing_issue_tracker_is_one_warning_and_the_verdict_stands(act, tmp_path, dialect, status):
+    scenario, token = act_scenario(act, "incident", {"issues_status": status})
+    with Sandbox(scenario) as sb:
+        run = run_against(act, tmp_path, sb, token, **LEDGER, **{"api-url": api_of(sb, dialect)},
+                          **{"max-quarantine-streak": "1"})  # fmt: skip
+
+        assert run.outcome == "success", run.errors
+        run.assert_outputs(
+            ok="true", stragglers='["reno-stars"]', quarantined_count="1", verified_count="7", failed_count="0"
+        )
+        # one warning (act echoes each workflow command it reads, so a line may come twice)
+        (warning,) = {
+            line.split("::warning::", 1)[1] for line in run.log.splitlines() if "::warning::the quarantine" in line
+        }
+        assert f"HTTP {status}" in warning and warning.endswith("the max-quarantine-streak check was skipped")
+        assert sb.issues == []
+        assert_no_token_in_the_ledger(run, sb)
+
+
+@pytest.mark.act
+@pytest.mark.parametrize("dialect", ["github", "gitea"])
+def test_the_ledger_finds_its_issue_past_the_first_page(act, tmp_path, dialect):
+    # The tenant's issue is the oldest of 130 with the label, among 120 labelled pull requests.
+    mine = {"title": TITLE, "labels": ["fleet-quarantine"], "body": "<!-- fleet-rollout:streak=3 -->"}
+    others = [
+        {"title": f"fleet-rollout: tenant t{n} is quarantined", "labels": ["fleet-quarantine"]} for n in range(129)
+    ]
+    scenario, token = act_scenario(act, "incident", {"issues": [mine, *others], "pull_requests": 120})
+    with Sandbox(scenario) as sb:
+        run = run_against(act, tmp_path, sb, token, **LEDGER, **{"api-url": api_of(sb, dialect)})
+
+        assert run.outcome == "success", run.errors
+        assert len(sb.issues) == 130 + 120  # no second issue
+        assert sb.issues[0]["comments"] and "streak=4 -->" in sb.issues[0]["body"]
+        lists = [c for c in sb.forge_calls if c["method"] == "GET" and c["path"].split("?")[0].endswith("/issues")]
+        assert len(lists) >= 2 and all(c["status"] == 200 for c in lists)
+        assert run.report is not None and run.report["ledger"]["streaks"] == {"reno-stars": 4}
+
+
 # -- action.yml's shell, run directly -------------------------------------------------------------
 
 
@@ -428,7 +554,7 @@ def test_the_last_step_without_a_prepared_python_says_the_rollout_did_not_run_an
     outputs, summary, _ = finish(tmp_path, FLEET_PYTHON="", FLEET_STATE="", FLEET_REPORT="", ROLLOUT_OUTCOME="skipped")
     assert outputs == {
         "ok": "false", "superseded": "", "stragglers": "[]", "quarantined-count": "0", "verified-count": "",
-        "failed-count": "", "report-path": "",
+        "failed-count": "", "report-path": "", "chronic": "[]",
     }  # fmt: skip
     assert summary == "### Fleet rollout did not run: the log of the step that failed before it says why\n"
 
@@ -440,8 +566,13 @@ def test_the_last_step_reads_the_runs_verdict_from_the_report_and_decides_nothin
                            VERIFY_OUTCOME="success")  # fmt: skip
     assert outputs == {
         "ok": "true", "superseded": "", "stragglers": '["reno-stars"]', "quarantined-count": "1",
-        "verified-count": "7", "failed-count": "0", "report-path": report,
+        "verified-count": "7", "failed-count": "0", "report-path": report, "chronic": "[]",
     }  # fmt: skip
+    # The chronic tenants are the quarantine ledger's, as the report holds them.
+    ledger = {"label": "l", "issues": [], "streaks": {"reno-stars": 3}, "chronic": ["reno-stars"], "warnings": []}
+    report = run_report(tmp_path, ok=False, stragglers=["reno-stars"], ledger=ledger)
+    outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="failure")
+    assert outputs["chronic"] == '["reno-stars"]' and outputs["ok"] == "false"
     # The report's `ok` is the verdict, whatever the steps' outcomes were.
     report = run_report(tmp_path, ok=False, verify=VERIFIED)
     outputs, _, _ = finish(tmp_path, FLEET_PYTHON=python, FLEET_REPORT=report, ROLLOUT_OUTCOME="success",

@@ -181,12 +181,13 @@ def test_the_recovery_command_repeats_each_recovery_input_given_another_value():
     others = {
         "expected-sha": "abcdef1", "tenant-url-template": "https://{slug}.example.com", "healthz-path": "/health",
         "buildinfo-path": "/build", "cp-timeout-seconds": "90.5", "allow-http": "yes", "ca-bundle": certifi.where(),
-        "batch-size": "5",
+        "batch-size": "5", "quarantine-issues": "true", "quarantine-label": "stuck", "api-url": "https://forge.example",
     }  # fmt: skip
     command = shlex.split(recovery_command(settings_from(values | others, {}), ["reno"]))
-    repeated = {name for name, item in INPUTS.items() if item.recovery} - {"cp-url", "target-tag"}
+    # with the ledger kept, the forge's API too: the recovery closes the tenant's issue
+    repeated = {name for name, item in INPUTS.items() if item.recovery} - {"cp-url", "target-tag"} | {"api-url"}
     for name in repeated:
-        shown = "true" if name == "allow-http" else others[name]
+        shown = "true" if name in ("allow-http", "quarantine-issues") else others[name]
         assert command[command.index(f"--{name}") + 1] == shown, name
     assert "--batch-size" not in command  # not a recovery input: the recovery's own batches
     assert command[-2:] == ["--verify", "true"]

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from fleet import runner
-from rollout.ledger import (
+from fleet.ledger import (
     JOINER,
     Close,
     Comment,

@@ -19,6 +19,7 @@ V = RolloutVerdict
 TABLE = {
     V.SHIPPED: (True, Follow.CHECK, Follow.CHECK),
     V.SHIPPED_WITH_QUARANTINE: (True, Follow.CHECK, Follow.CHECK),
+    V.SHIPPED_WITH_CHRONIC: (False, Follow.CHECK, Follow.CHECK),  # the fleet shipped: verify checks it
     V.PLANNED: (True, Follow.NONE, Follow.NONE),
     V.SUPERSEDED: (True, Follow.NONE, Follow.NONE),
     V.CANARY_FAILED: (False, Follow.SURVEY, Follow.NONE),

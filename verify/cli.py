@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleet import inputs, runner, step
+from fleet import inputs, ledger, quarantine, runner, step
 from fleet.forge import Forge, Where, read_head
 from fleet.inputs import StepInputs
-from fleet.verdict import RolloutEnd, RunVerdict, VerifyEnd, run_verdict
-from fleet.vocabulary import RolloutVerdict, State, VerifyMode, VerifyVerdict, counted
+from fleet.quarantine import LedgerSettings, Record
+from fleet.verdict import SHIPPING, RolloutEnd, RunVerdict, VerifyEnd, run_verdict
+from fleet.vocabulary import Outcome, RolloutVerdict, State, VerifyMode, VerifyVerdict, counted
 from verify import poll, summary, verdict
 from verify.settings import Scope, Settings, read_report, scope_from, settings_from
 from verify.verdict import Seen
@@ -40,6 +41,7 @@ class Checked:
     held: dict[str, Seen] = field(default_factory=dict)
     polled: poll.PollState | None = None
     seen: dict[str, Seen] | None = None
+    ledger: Record | None = None  # the issues closed for the tenants a successful run verified
 
     def verdicts(self, cancelled: bool) -> dict[str, Seen]:
         """Each tenant's verdict: the final ones, or, when the poll stopped short, what it saw so far
@@ -79,6 +81,7 @@ class Verify(step.Step[Checked]):
                 doc = read_report(values["report"], elsewhere=bool(values["slugs"] or values["response"]))
                 checked = replace(checked, doc=doc, write_to=values["report"])
             settings = settings_from(values)
+            keeping = quarantine.ledger_settings(values)
             checked = replace(checked, settings=settings)
             scope = scope_from(values, checked.doc)
             quarantined = set(scope.quarantined)
@@ -87,7 +90,8 @@ class Verify(step.Step[Checked]):
             _announce(scope, settings, targets)
             state = poll.PollState(targets, {}, done=verdict.ANSWERED if scope.survey else verdict.DONE)
             checked = replace(checked, scope=scope, held=held, polled=state)
-            return replace(checked, seen=_poll(given, settings, scope, state, held))
+            checked = replace(checked, seen=_poll(given, settings, scope, state, held))
+            return replace(checked, ledger=_close(given, checked, keeping))
         except (Exception, runner.Terminated) as exc:  # noqa: BLE001 - what was learned goes with the cause
             raise step.Partial(checked, exc) from None
 
@@ -121,8 +125,11 @@ class Verify(step.Step[Checked]):
             },
             summary=summary.render(
                 decided.ok, decided.message, seen, counts, steps, survey=scope.survey, caution=decided.caution
-            ),  # fmt: skip
-            warnings=[decided.caution] if decided.caution else [],
+            )  # fmt: skip
+            + quarantine.section(checked.ledger),
+            warnings=[decided.caution, *quarantine.warnings(checked.ledger)]
+            if decided.caution
+            else quarantine.warnings(checked.ledger),
         )
 
 
@@ -165,6 +172,30 @@ def _poll(
     if any(s.state == State.STALE for s in seen.values()):
         seen = _ahead(seen, settings.expected_sha, head, heads)
     return seen
+
+
+def _close(given: StepInputs, checked: Checked, keeping: LedgerSettings) -> Record | None:
+    """After a rollout that shipped and a verify that passed, the quarantine ledger closes the open issue
+    of each tenant the rollout redeployed and verify found on target. None when there is no ledger to
+    keep: it is off, or verify runs on its own (no rollout, so no run that redeployed anyone)."""
+    doc = checked.doc or {}
+    rollout = doc.get("rollout")
+    if not keeping.on or not isinstance(rollout, dict) or checked.seen is None or checked.settings is None:
+        return None
+    if (doc.get("ledger") or {}).get("complete") is False:  # the tracker failed this run: said once, not again
+        return None
+    settings, seen = checked.settings, checked.seen
+    shipped = rollout.get("verdict") in SHIPPING and not checked.scope.survey and _decide(checked, seen, None).ok
+    run = ledger.Run("", settings.expected_sha, quarantine.run_url(os.environ), shipped, {}, _verified(doc, seen))
+    access = settings.tenant_access
+    forge = Forge(settings.api_url, given.api_token, allow_http=access.allow_http, ca_bundle=access.ca_bundle)
+    return quarantine.keep(forge, Where.from_environment(os.environ), keeping, run)
+
+
+def _verified(doc: dict[str, Any], seen: dict[str, Seen]) -> frozenset[str]:
+    """The tenants the rollout in `doc` redeployed that verify found on target."""
+    redeployed = {t.get("slug") for t in doc.get("tenants", []) if t.get("outcome") == Outcome.REDEPLOYED}
+    return frozenset(slug for slug, s in seen.items() if s.state == State.VERIFIED and slug in redeployed)
 
 
 def _decide(checked: Checked, seen: dict[str, Seen], failure: step.Failure | None) -> verdict.Verdict:
@@ -219,6 +250,8 @@ def _report(
         "tenants": tenants,
         "elapsed_seconds": elapsed,
     }
+    if checked.ledger is not None:
+        doc["ledger"] = quarantine.merged(doc.get("ledger"), checked.ledger)
     doc |= top
     return doc
 
