@@ -177,10 +177,12 @@ class Schedule:
         return self._batch(batch.number + 1, batch.start + len(batch.slugs), len(batch.slugs), straggled=straggled)
 
     def _batch(self, number: int, start: int, previous: int | None, *, straggled: bool) -> Batch | None:
-        ahead = self.waves.sizes(len(self.tenants) - start, previous, straggled=straggled)
-        if not ahead:
+        left = len(self.tenants) - start
+        if left <= 0:
             return None
-        return Batch(number, number - 1 + len(ahead), start, list(self.tenants[start : start + ahead[0]]))
+        size = self.waves.next_size(previous, left, straggled=straggled)
+        ahead = self.waves.count(left, previous, straggled=straggled)
+        return Batch(number, number - 1 + ahead, start, list(self.tenants[start : start + size]))
 
     def __iter__(self) -> Iterator[Batch]:
         batch = self.first()
@@ -189,7 +191,7 @@ class Schedule:
             batch = self.after(batch, straggled=False)
 
     def __len__(self) -> int:
-        return len(self.waves.sizes(len(self.tenants)))
+        return self.waves.count(len(self.tenants))
 
     def sizes(self) -> list[int]:
         """The batch sizes if nothing straggles."""

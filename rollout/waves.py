@@ -74,6 +74,18 @@ class Waves:
             left -= size
         return sizes
 
+    def count(self, total: int, previous: int | None = None, *, straggled: bool = False) -> int:
+        """len(sizes(...)), without listing them: once batches stop growing (growth 1, or the cap) the
+        rest is a division, so a fleet of any size is counted in a few steps."""
+        count, left = 0, total
+        size = self.next_size(previous, left, straggled=straggled)
+        while left > 0:
+            if self.growth == 1 or (self.cap is not None and size >= self.cap):
+                return count + math.ceil(left / size)
+            count, left = count + 1, left - size
+            size = self.next_size(size, left)
+        return count
+
     @property
     def smallest(self) -> int:
         """The smallest batch but the last: batch-size, or the cap when it is smaller."""

@@ -75,3 +75,12 @@ def test_good_values_parse():
     assert number("batch-growth", "2", 1) == 2 and number("batch-growth", "1.5", 1) == Decimal("1.5")
     assert parse_cap("").resolve(10) is None and parse_cap("5").resolve(10) == 5
     assert parse_cap("100%").resolve(10) == 10
+
+
+@pytest.mark.parametrize(
+    "waves", [Waves(3), Waves(1), Waves(3, Decimal(2)), Waves(3, Decimal("1.5"), cap=7), Waves(2, Decimal("1.01"))]
+)
+@pytest.mark.parametrize("total", [0, 1, 2, 39, 1000])
+def test_the_count_is_the_number_of_sizes(waves, total):
+    assert waves.count(total) == len(waves.sizes(total))
+    assert waves.count(total, 3, straggled=True) == len(waves.sizes(total, 3, straggled=True))
