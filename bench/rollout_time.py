@@ -13,50 +13,18 @@ asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from sandbox_process import SandboxProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "sha-" + "c0ffee" * 6 + "c0ff"
 TOKEN = "bench-token"  # noqa: S105 - the sandbox's own token
-
-
-class SandboxProcess:
-    def __init__(self, scenario: dict[str, Any]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-        (self.dir / "scenario.json").write_text(json.dumps(scenario))  # JSON is YAML
-        url_file = self.dir / "url"
-        argv = [sys.executable, "-m", "sandbox", "--scenario", str(self.dir / "scenario.json")]
-        self.proc = subprocess.Popen(
-            [*argv, "--url-file", str(url_file)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        deadline = time.monotonic() + 30
-        while not (url_file.exists() and url_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("the sandbox did not start")
-            time.sleep(0.05)
-        self.url = url_file.read_text().strip()
-
-    def real_calls(self) -> int:
-        with urllib.request.urlopen(self.url + "/sandbox/state", timeout=10) as resp:  # noqa: S310 - loopback
-            state = json.load(resp)
-        return sum(1 for call in state["cp_calls"] if call["method"] == "POST" and not call["dry_run"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def scenario(count: int, call_seconds: float) -> dict[str, Any]:
@@ -86,7 +54,8 @@ def rollout(count: int, call_seconds: float, batch_size: int, growth: str) -> tu
         took = time.monotonic() - began
         if done.returncode != 0:
             raise SystemExit(f"the rollout failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        return sandbox.real_calls(), took
+        calls = sum(1 for c in sandbox.state()["cp_calls"] if c["method"] == "POST" and not c["dry_run"])
+        return calls, took
     finally:
         sandbox.stop()
 

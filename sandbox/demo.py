@@ -21,7 +21,7 @@ from typing import Any
 
 from sandbox import Sandbox, load_scenario
 from sandbox.__main__ import show_issues
-from sandbox.act import Act, find_act, project_copy
+from sandbox.act import Act, find_act, job, project_copy
 
 # act empties RUNNER_TEMP, where the action writes its report, when the job ends: a step of the job copies it.
 RECORD = (
@@ -33,50 +33,40 @@ KEEP = ROOT / ".demo"  # git-ignored: the demo's reports outlive the run
 
 
 def workflow(sandbox: Sandbox, head: str) -> dict[str, Any]:
-    return {
-        "on": "push",
-        "jobs": {
-            "deploy": {
-                "runs-on": "ubuntu-latest",
-                "steps": [
-                    {"uses": "actions/checkout@v4"},
-                    {
-                        "id": "fleet",
-                        "name": "Fleet rollout",
-                        "uses": "./",
-                        "continue-on-error": True,
-                        "with": {
-                            "cp-url": sandbox.url,
-                            "cp-token": "${{ env.FLEET_TOKEN }}",
-                            "api-url": sandbox.github_api_url,  # the sandbox plays the forge too
-                            "api-token": sandbox.forge_token,
-                            "kill-switch-variable": "PROD_AUTO_DEPLOY_DISABLED",
-                            "target-tag": f"sha-{head}",
-                            "tenant-url-template": sandbox.tenant_url_template,
-                            "canary-slug": "acme",
-                            "soak-seconds": "2",
-                            "poll-interval-seconds": "0.5",
-                            "max-stragglers": "1",
-                            # The quarantine ledger: one issue per quarantined tenant; a third
-                            # quarantine in a row would fail the step.
-                            "quarantine-issues": "true",
-                            "max-quarantine-streak": "3",
-                        },
-                    },
-                    {
-                        "name": "Record",
-                        "if": "always()",
-                        "env": {
-                            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
-                            "OUTCOME": "${{ steps.fleet.outcome }}",
-                            "REPORT": "${{ steps.fleet.outputs.report-path }}",
-                        },
-                        "run": RECORD,
-                    },
-                ],
-            }
+    fleet = {
+        "id": "fleet",
+        "name": "Fleet rollout",
+        "uses": "./",
+        "continue-on-error": True,
+        "with": {
+            "cp-url": sandbox.url,
+            "cp-token": "${{ env.FLEET_TOKEN }}",
+            "api-url": sandbox.github_api_url,  # the sandbox plays the forge too
+            "api-token": sandbox.forge_token,
+            "kill-switch-variable": "PROD_AUTO_DEPLOY_DISABLED",
+            "target-tag": f"sha-{head}",
+            "tenant-url-template": sandbox.tenant_url_template,
+            "canary-slug": "acme",
+            "soak-seconds": "2",
+            "poll-interval-seconds": "0.5",
+            "max-stragglers": "1",
+            # The quarantine ledger: one issue per quarantined tenant; a third quarantine in a row
+            # would fail the step.
+            "quarantine-issues": "true",
+            "max-quarantine-streak": "3",
         },
     }
+    record = {
+        "name": "Record",
+        "if": "always()",
+        "env": {
+            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+            "OUTCOME": "${{ steps.fleet.outcome }}",
+            "REPORT": "${{ steps.fleet.outputs.report-path }}",
+        },
+        "run": RECORD,
+    }
+    return job(fleet, record)
 
 
 def show_log(log: str) -> None:

@@ -25,7 +25,7 @@ import yaml
 from support import parse_outputs
 
 from sandbox import Sandbox, load_scenario
-from sandbox.act import PROJECT, Act, ActRun
+from sandbox.act import PROJECT, Act, ActRun, job
 
 ACTION = yaml.safe_load((PROJECT / "action.yml").read_text(encoding="utf-8"))
 BASH = shutil.which("bash") or "/bin/bash"
@@ -140,29 +140,19 @@ def run_against(act: tuple[Act, str], tmp_path: Path, sandbox: Sandbox, token: s
         "verify-timeout-seconds": "20",
         **inputs,
     }
-    workflow = {
-        "on": "push",
-        "jobs": {
-            "deploy": {
-                "runs-on": "ubuntu-latest",
-                "steps": [
-                    {"uses": "actions/checkout@v4"},
-                    {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs},
-                    {
-                        "name": "Record",
-                        "if": "always()",
-                        "env": {
-                            "OUTCOME": "${{ steps.fleet.outcome }}",
-                            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
-                            "REPORT": "${{ steps.fleet.outputs.report-path }}",
-                            "TOKEN": "${{ env.FLEET_TOKEN }}",
-                        },
-                        "run": RECORD,
-                    },
-                ],
-            }
+    fleet = {"id": "fleet", "uses": "./", "continue-on-error": True, "with": with_inputs}
+    record = {
+        "name": "Record",
+        "if": "always()",
+        "env": {
+            "OUTCOME": "${{ steps.fleet.outcome }}",
+            "OUTPUTS": "${{ toJSON(steps.fleet.outputs) }}",
+            "REPORT": "${{ steps.fleet.outputs.report-path }}",
+            "TOKEN": "${{ env.FLEET_TOKEN }}",
         },
+        "run": RECORD,
     }
+    workflow = job(fleet, record)
     done = runner.run(workflow, tmp_path, env={"FLEET_TOKEN": token})
     assert done.returncode == 0, done.log
     return Run(done, sandbox, token)

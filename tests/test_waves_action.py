@@ -14,6 +14,7 @@ import pytest
 from support import SHA, TAG, scenario
 
 from sandbox import Sandbox
+from sandbox.act import job
 
 RECORD = 'printf "%s" "$STEPS" > "$RESULT_DIR/steps.json"'
 
@@ -80,19 +81,8 @@ def waves_run(act, tmp_path_factory) -> Iterator[tuple[dict, dict[str, Sandbox],
         refusing = stack.enter_context(Sandbox({**fleet(4), "token": token}))
         steps = [step(case, sandboxes[case], inputs) for case, (_, inputs, _) in GROWING.items()]
         steps += [step(case, refusing, inputs) for case, (inputs, _) in REFUSED.items()]
-        workflow = {
-            "on": "push",
-            "jobs": {
-                "deploy": {
-                    "runs-on": "ubuntu-latest",
-                    "steps": [
-                        {"uses": "actions/checkout@v4"},
-                        *steps,
-                        {"name": "Record", "if": "always()", "env": {"STEPS": "${{ toJSON(steps) }}"}, "run": RECORD},
-                    ],
-                }
-            },
-        }
+        record = {"name": "Record", "if": "always()", "env": {"STEPS": "${{ toJSON(steps) }}"}, "run": RECORD}
+        workflow = job(*steps, record)
         where: Path = tmp_path_factory.mktemp("waves")
         done = runner.run(workflow, where, env={"FLEET_TOKEN": token}, timeout=600)
         assert done.returncode == 0, done.log
