@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from faultservers import FaultServer
+from faultservers import FaultServer, assert_fault
+from support import TAG, run_step
 
 from fleet import forge, runner
+from rollout.cli import main as rollout_main
 from sandbox import Sandbox
 from sandbox.act import Act, find_act, project_copy
 
@@ -68,3 +70,27 @@ def act(tmp_path_factory: pytest.TempPathFactory) -> tuple[Act, str]:
     workdir = tmp_path_factory.mktemp("act-project")
     head = project_copy(workdir)
     return Act(binary, workdir, tmp_path_factory.mktemp("act-cache")), head
+
+
+@pytest.fixture
+def fault_rollout(tmp_path, capsys, monkeypatch):
+    """Makes the rollout step against loopback fault servers with a module's sentinel token:
+    `rollout = fault_rollout(TOKEN)`, then `rollout(url, *flags)`; `rollout.fault(run, *causes)` asserts
+    the failure's properties, the token nowhere. No forge, kill switch or budget from the environment."""
+    for name in ("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", "PROD_AUTO_DEPLOY_DISABLED", "GITHUB_REPOSITORY", "GITHUB_REF_NAME",
+                 "GITHUB_REF_TYPE", "GITHUB_REF", "API_TOKEN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    report = tmp_path / "report.json"
+
+    def make(token: str):
+        def _run(url: str, *flags: str):
+            argv = [
+                "--cp-url", url, "--target-tag", TAG, "--soak-seconds", "0", "--cp-timeout-seconds", "5",
+                "--max-stragglers", "0", "--batch-size", "2", "--report", str(report), *flags,
+            ]  # fmt: skip
+            return run_step(rollout_main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=token)
+
+        _run.fault = lambda run, *causes: assert_fault(run, *causes, token=token, report_file=report)
+        return _run
+
+    return make

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from faultservers import DRY, REDEPLOY, assert_fault, dry_runs, json_reply, redeploy_ok
+from faultservers import DRY, REDEPLOY, dry_runs, json_reply, redeploy_ok
 from support import SHA, TAG, run_step, scenario
 
 from fleet.vocabulary import Outcome, State
@@ -38,19 +38,8 @@ def verify(tmp_path, capsys, monkeypatch):
 
 
 @pytest.fixture
-def rollout(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", raising=False)
-    report = tmp_path / "report.json"
-
-    def _run(url: str, *flags: str, token: str = TOKEN):
-        argv = [
-            "--cp-url", url, "--target-tag", TAG, "--soak-seconds", "0", "--cp-timeout-seconds", "5",
-            "--max-stragglers", "0", "--batch-size", "2", "--report", str(report), *flags,
-        ]  # fmt: skip
-        return run_step(rollout_main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=token)
-
-    _run.fault = lambda run, *causes: assert_fault(run, *causes, token=TOKEN, report_file=report)
-    return _run
+def rollout(fault_rollout):
+    return fault_rollout(TOKEN)
 
 
 def deployed(*tenants: str) -> dict:

@@ -16,7 +16,6 @@ from faultservers import DRY, REDEPLOY, FaultServer, assert_fault, dry_runs, red
 from support import SHA, TAG, run_step, scenario
 
 from fleet import contract, report, runner
-from rollout.cli import main as rollout_main
 from verify.cli import main as verify_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,21 +55,8 @@ def no_crash(run, path: Path, ok: bool = False) -> None:
 
 
 @pytest.fixture
-def rollout(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("PROD_AUTO_DEPLOY_MAX_STRAGGLERS", raising=False)
-    for name in ("GITHUB_REPOSITORY", "GITHUB_REF_NAME", "GITHUB_REF_TYPE", "GITHUB_REF", "API_TOKEN", SWITCH):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "report.json"
-
-    def _run(url: str, *flags: str):
-        argv = [
-            "--cp-url", url, "--target-tag", TAG, "--soak-seconds", "0", "--cp-timeout-seconds", "5",
-            "--max-stragglers", "0", "--batch-size", "2", "--report", str(path), *flags,
-        ]  # fmt: skip
-        return run_step(rollout_main, argv, tmp_path=tmp_path, capsys=capsys, monkeypatch=monkeypatch, token=TOKEN)
-
-    _run.fault = lambda run, *causes: assert_fault(run, *causes, token=TOKEN, report_file=path)
-    return _run
+def rollout(fault_rollout):
+    return fault_rollout(TOKEN)
 
 
 def real_calls(cp: FaultServer) -> list:
